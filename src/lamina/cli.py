@@ -1,0 +1,124 @@
+"""The ``lamina`` command line: a thin layer over the same public functions a notebook calls.
+
+Every command takes ``--model`` (a built-in name, a local directory or a hub id) and writes
+its tables, figures and ``summary.json`` to ``--out`` when given.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lamina.errors import LaminaError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="lamina: layer-by-layer cosine geometry of transformer representations.",
+)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in name, directory or hub id.")]
+SitesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--site", "-s", help="Site name, glob or short form (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the outputs.")]
+TextsOpt = Annotated[
+    Path | None, typer.Option("--texts", help="Text file, one input per line.")
+]
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn lamina's input errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LaminaError as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_frame(frame: Any, columns: list[str] | None = None) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.width", 120,
+                           "display.float_format", "{:.4f}".format):
+        typer.echo(frame[columns] if columns else frame)
+
+
+@app.command()
+@_friendly
+def sites(model: ModelOpt = "minilm") -> None:
+    """List the model's canonical site names and its shape facts."""
+    import lamina
+
+    m = lamina.load(model)
+    typer.echo(repr(m))
+    for name in m.sites:
+        typer.echo(name)
+
+
+@app.command()
+@_friendly
+def norms(
+    model: ModelOpt = "minilm",
+    texts: TextsOpt = None,
+    site: SitesOpt = None,
+    positions: Annotated[str, typer.Option(help="last, first, all or an int.")] = "last",
+    out: OutOpt = None,
+) -> None:
+    """Per-layer table of activation norms (mean, std, CV) and whether cosine is preferable."""
+    import lamina
+    from lamina.analyses import norms as run
+    from lamina.corpus import read_lines
+
+    result = run(
+        lamina.load(model),
+        read_lines(texts) if texts else None,
+        sites=site or ["hidden.*"],
+        positions=int(positions) if positions.lstrip("-").isdigit() else positions,
+    )
+    _print_frame(result.to_frame(), ["site", "layer", "n", "mean_norm", "std_norm", "cv"])
+    typer.echo("\n" + result.summary["conclusion"])
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
+def capture(
+    texts: Annotated[Path, typer.Option("--texts", help="Text file, one input per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    model: ModelOpt = "minilm",
+    site: SitesOpt = None,
+    positions: str = "last",
+    batch_size: int = 32,
+    dtype: str = "float32",
+) -> None:
+    """Capture sites for the lines of a text file into one safetensors file."""
+    import lamina
+    from lamina.corpus import read_lines
+
+    acts = lamina.load(model).collect(
+        read_lines(texts), site or ["hidden.*"],
+        positions=int(positions) if positions.lstrip("-").isdigit() else positions,
+        batch_size=batch_size, dtype=dtype, progress=True,
+    )
+    typer.echo(f"{acts!r}\nwrote {acts.save(out)}")
+
+
+def main() -> None:
+    app(prog_name="lamina")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

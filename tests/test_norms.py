@@ -1,0 +1,45 @@
+"""Norm statistics equal numpy's on the captured vectors; the conclusion follows the numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lamina
+from conftest import TEXTS, tiny
+from lamina.analyses import norms
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "minilm"])
+def test_norms_match_numpy(name: str, minilm: lamina.Model, tmp_path) -> None:
+    model = minilm if name == "minilm" else tiny(name)
+    sites = ["hidden.*", "mlp_out.*", "attn_out.0"]
+    result = norms(model, TEXTS, sites=sites, positions="all")
+    acts = model.collect(TEXTS, sites, positions="all")
+    frame = result.to_frame()
+    assert list(frame["site"]) == acts.sites
+    for row in frame.itertuples():
+        vectors = acts[row.site].numpy()[acts.mask.numpy()]
+        n = np.linalg.norm(vectors.astype(np.float64), axis=-1)
+        assert row.n == len(n) == int(acts.lengths.sum())
+        np.testing.assert_allclose(row.mean_norm, n.mean(), rtol=1e-6)
+        np.testing.assert_allclose(row.std_norm, n.std(ddof=1), rtol=1e-6)
+        np.testing.assert_allclose(row.cv, n.std(ddof=1) / n.mean(), rtol=1e-6)
+    hidden = frame[frame["kind"] == "hidden"]
+    ratio = hidden["mean_norm"].max() / hidden["mean_norm"].min()
+    assert result.summary["prefer_cosine"] == bool(
+        max(ratio, result.summary["max_layer_ratio"]) > 1.2 or frame["cv"].max() > 0.1)
+    out = result.save(tmp_path / "norms")
+    assert {p.name for p in out.iterdir()} == {"norms.csv", "norms.png", "summary.json"}
+
+
+def test_norms_last_position_and_layers(minilm: lamina.Model) -> None:
+    result = norms(minilm, TEXTS)
+    frame = result.to_frame()
+    assert list(frame["layer"]) == list(range(7))
+    acts = minilm.collect(TEXTS, "hidden.6")
+    expected = torch.linalg.norm(acts["hidden.6"].double(), dim=-1)
+    np.testing.assert_allclose(frame.iloc[-1]["mean_norm"], float(expected.mean()), rtol=1e-6)
+    assert "cosine" in result.summary["conclusion"]
+    assert result.summary["model"] == "minilm" and "versions" in result.summary

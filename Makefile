@@ -27,7 +27,7 @@ demo: $(VENV)/.demo
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lamina norms --model minilm
 
 test: $(VENV)/.dev
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(VENV)/.dev

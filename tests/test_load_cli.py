@@ -59,7 +59,7 @@ def test_cli_sites_and_norms(gpt2_dir: str, tmp_path) -> None:
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_texts"] == len(TEXTS) and "conclusion" in summary
+    assert summary["n_texts"] == len(TEXTS) and "conclusion" in summary["summary"]
     assert "hidden.3" in result.output
 
 

@@ -42,4 +42,4 @@ def test_norms_last_position_and_layers(minilm: lamina.Model) -> None:
     expected = torch.linalg.norm(acts["hidden.6"].double(), dim=-1)
     np.testing.assert_allclose(frame.iloc[-1]["mean_norm"], float(expected.mean()), rtol=1e-6)
     assert "cosine" in result.summary["conclusion"]
-    assert result.summary["model"] == "minilm" and "versions" in result.summary
+    assert result.meta["model"] == "minilm" and "versions" in result.meta

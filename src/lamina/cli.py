@@ -116,6 +116,55 @@ def capture(
     typer.echo(f"{acts!r}\nwrote {acts.save(out)}")
 
 
+TextArg = Annotated[str, typer.Option("--text", "-t", help="The text (or @file to read one).")]
+
+
+def _text(value: str) -> str:
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise LaminaError(f"No such text file: {path}.")
+        return path.read_text("utf-8")
+    return value
+
+
+@app.command()
+@_friendly
+def lens(
+    text: TextArg,
+    model: ModelOpt = "minilm",
+    sublayers: Annotated[bool, typer.Option(help="Also read out after attention.")] = False,
+    out: OutOpt = None,
+) -> None:
+    """Logit lens of one text: per layer, top token and the next token's probability and rank."""
+    from lamina.analyses import lens as run
+
+    result = run(model, _text(text), sublayers=sublayers)
+    frame = result.to_frame()
+    last = frame[frame["position"] == frame["position"].max() - 1]
+    _print_frame(last, ["label", "token", "next_token", "top_token", "top_prob",
+                        "next_token_prob", "next_token_rank"])
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
+def pathlength(
+    text: TextArg,
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model(s), repeatable.")],
+    sites: Annotated[str, typer.Option(help="hidden or resid_post.")] = "hidden",
+    out: OutOpt = None,
+) -> None:
+    """Per-token residual path length per layer, and its correlation with next-token logits."""
+    from lamina.analyses import pathlength as run
+
+    result = run({m: m for m in model}, _text(text), sites=sites)
+    _print_frame(result.summary)
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
 def main() -> None:
     app(prog_name="lamina")
 

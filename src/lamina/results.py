@@ -1,6 +1,6 @@
 """The common shape of analysis results: a small dataclass with ``to_frame()``, ``plot()``
-and ``save(dir)``, whose ``summary`` dict holds every number, the model, the options and the
-library versions (written to ``summary.json``)."""
+and ``save(dir)``. ``summary`` holds the headline numbers (a dict, or a frame with one row per
+model), ``meta`` the model, the options and the library versions; both go to ``summary.json``."""
 
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def _jsonable(value: Any) -> Any:
 @dataclass
 class Result:
     """Base of every analysis result. Subclasses implement :meth:`to_frame` and :meth:`plot`
-    (returning a matplotlib Figure) and fill ``summary``."""
+    (returning a matplotlib Figure) and fill ``summary`` and ``meta``."""
 
-    summary: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    summary: Any = field(default_factory=dict, kw_only=True)
+    meta: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     name = "result"
 
@@ -68,6 +69,9 @@ class Result:
             fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
             plt.close(fig)
         tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(_jsonable(self.summary), indent=2))
+        summary = self.summary
+        if isinstance(summary, pd.DataFrame):
+            summary = summary.to_dict(orient="records")
+        tmp.write_text(json.dumps(_jsonable({"summary": summary, **self.meta}), indent=2))
         tmp.replace(out / "summary.json")
         return out

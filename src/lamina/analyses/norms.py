@@ -49,7 +49,7 @@ class NormsResult(Result):
         axs[1].axhline(CV_LIMIT, color="k", linestyle=":", linewidth=0.8)
         for ax in axs:
             ax.legend(fontsize=8)
-        fig.suptitle(f"{self.summary.get('model', '')}: {self.summary.get('conclusion_short', '')}")
+        fig.suptitle(f"{self.meta.get('model', '')}: {self.summary.get('conclusion_short', '')}")
         fig.tight_layout()
         return fig
 
@@ -80,7 +80,7 @@ def norms_of(acts: Activations, sites: Sequence[Site] | None = None) -> NormsRes
             "min_norm": float(values.min()), "max_norm": float(values.max()),
         })
     table = pd.DataFrame(rows)
-    return NormsResult(table, summary={**acts.meta, **_conclusion(table)})
+    return NormsResult(table, summary=_conclusion(table), meta=dict(acts.meta))
 
 
 def _layer(name: str) -> int:
@@ -135,7 +135,7 @@ def norms(
     acts = model.collect(texts, [s.name for s in resolved], positions=positions,
                          batch_size=batch_size)
     result = norms_of(acts, resolved)
-    result.summary.update({"n_texts": len(texts), "positions": positions})
+    result.meta.update({"n_texts": len(texts), "positions": positions})
     return result
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from lamina.errors import ContextLengthError, LaminaError
+from lamina.errors import ContextLengthError, LaminaError, TokenizationError
 from lamina.sites import Site
 
 if TYPE_CHECKING:
@@ -51,7 +51,15 @@ def tokenize(model: Model, inputs: Any, *, truncate: bool = False) -> list[list[
     if all(isinstance(x, str) for x in inputs):
         if model.tokenizer is None:
             raise LaminaError("This model has no tokenizer: pass token ids instead of strings.")
-        ids = [list(x) for x in model.tokenizer(inputs, add_special_tokens=True)["input_ids"]]
+        try:
+            encoded = model.tokenizer(inputs, add_special_tokens=True)["input_ids"]
+        except Exception as err:  # a character tokenizer meeting an unknown character
+            unknown = sorted(set("".join(inputs)) - set(model.tokenizer.get_vocab()))
+            raise TokenizationError(
+                f"The tokenizer cannot encode these inputs ({err}). Characters not in its "
+                f"vocabulary: {unknown[:20]}. Remove or replace them."
+            ) from None
+        ids = [list(x) for x in encoded]
     elif all(not isinstance(x, str) for x in inputs):
         ids = [[int(t) for t in x] for x in inputs]
     else:

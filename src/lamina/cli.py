@@ -165,6 +165,46 @@ def pathlength(
         typer.echo(f"wrote {result.save(out)}")
 
 
+@app.command()
+@_friendly
+def train(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Training text file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
+    preset: Annotated[str, typer.Option(help="seed (the notebook's model), small, tiny.")] = "seed",
+    steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: auto).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 1337).")] = None,
+) -> None:
+    """Train (or resume) a character-level GPT-2; writes a Hugging Face model directory."""
+    from lamina.train import train_char_lm
+
+    if not corpus.is_file():
+        raise LaminaError(f"No such corpus file: {corpus}.")
+    command = f"lamina train --corpus {corpus} --out {out} --preset {preset}" + "".join(
+        f" --{k} {v}" for k, v in {"steps": steps, "device": device, "seed": seed}.items()
+        if v is not None)
+    result = train_char_lm(corpus, out, preset=preset, steps=steps, device=device, seed=seed,
+                           command=command)
+    typer.echo(f"train loss {result.train_loss:.4f}, validation loss {result.val_loss:.4f}, "
+               f"{result.n_params:,} parameters; wrote {result.path}")
+
+
+@app.command()
+@_friendly
+def generate(
+    model: ModelOpt = "shakespeare-char",
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "ROMEO:",
+    n: Annotated[int, typer.Option("-n", help="Tokens to generate.")] = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> None:
+    """Sample a continuation of a prompt (seeded, with temperature)."""
+    from lamina.sampling import generate as run
+
+    typer.echo(run(model, prompt, n, temperature=temperature, top_k=top_k, seed=seed))
+
+
 def main() -> None:
     app(prog_name="lamina")
 

@@ -343,6 +343,10 @@ def load(
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is only noise here
     try:
         config = transformers.AutoConfig.from_pretrained(path, **common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **common)
@@ -352,5 +356,8 @@ def load(
             f"Could not load {name!r}: {err}\nBuilt-in models: {', '.join(BUILTINS)}. A hub id "
             "needs the hub (or its local cache); a local path must be a model directory."
         ) from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     processing = [] if dtype in (torch.float32, "auto") else [f"weights cast to {dtype}"]
     return Model(hf_model.to(device), tokenizer, name=name, processing=processing)

@@ -1,0 +1,110 @@
+"""Export a trained character model as a Hugging Face directory with its model card, loss log
+and loss-curve figure; and the held-out loss the card reports (recomputable by anyone)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+if TYPE_CHECKING:
+    from lamina.train import TrainConfig, TrainResult
+
+HELDOUT_WINDOWS = 32
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, tokenizer: Any, text: str, *, windows: int = HELDOUT_WINDOWS,
+                 device: str | None = None) -> float:
+    """Mean next-character cross-entropy (nats/char) over the first ``windows`` consecutive
+    context-length windows of the last 10% of ``text`` (deterministic, no sampling)."""
+    hf = model.hf_model if hasattr(model, "hf_model") else model
+    tok = model.tokenizer if hasattr(model, "tokenizer") and tokenizer is None else tokenizer
+    ctx = hf.config.n_positions
+    val = text[int(0.9 * len(text)) :]
+    ids = torch.tensor(tok(val[: windows * ctx + 1])["input_ids"])
+    device = device or str(next(hf.parameters()).device)
+    losses = []
+    for w in range(min(windows, (len(ids) - 1) // ctx)):
+        x = ids[w * ctx : (w + 1) * ctx][None].to(device)
+        y = ids[w * ctx + 1 : (w + 1) * ctx + 1].to(device)
+        logits = hf(input_ids=x).logits[0].float()
+        losses.append(float(torch.nn.functional.cross_entropy(logits, y)))
+    return sum(losses) / len(losses)
+
+
+def _hardware(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def export_model(model: Any, tokenizer: Any, result: TrainResult, cfg: TrainConfig,
+                 command: str | None = None, text: str | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors``, tokenizer files, ``training_log.csv``,
+    ``loss_curve.png`` and ``MODEL_CARD.md`` into ``result.path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = result.path
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    log = pd.DataFrame(result.log[1:])
+    log.to_csv(out / "training_log.csv", index=False)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(log["step"], log["train_loss"], alpha=0.4, linewidth=0.8, label="train (batch)")
+    if "val_loss" in log:
+        v = log.dropna(subset=["val_loss"])
+        ax.plot(v["step"], v["val_loss"], "o-", label="validation")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=120)
+    plt.close(fig)
+    device = result.log[0].get("device", "cpu")
+    heldout = heldout_loss(model, tokenizer, text) if text else None
+    command = command or "lamina.train.train_char_lm(...)"
+    rows = [
+        ("command", f"`{command}`"),
+        ("architecture", f"GPT-2 (`GPT2LMHeadModel`), {cfg.n_layer} layers, d_model {cfg.n_embd}, "
+         f"{cfg.n_head} heads, context {cfg.block_size}, ReLU feed-forward ({4 * cfg.n_embd}), "
+         f"dropout {cfg.dropout}, untied unembedding"),
+        ("vocabulary", f"{len(result.log[0]['chars'])} characters (the corpus's unique ones)"),
+        ("parameters", f"{result.n_params:,}"),
+        ("steps", f"{result.steps} (batch {cfg.batch_size} x {cfg.block_size}, AdamW lr "
+         f"{cfg.lr}, x{cfg.lr_drop_factor} from step {cfg.lr_drop_step}, seed {cfg.seed})"),
+        ("wall time", f"{result.wall_time_s / 60:.1f} min"),
+        ("hardware", f"{_hardware(device)}, torch {torch.__version__}"),
+        ("final training loss (last batch)", f"{result.train_loss:.4f} nats/char"),
+        (f"final validation loss ({cfg.eval_batches} random windows of the last 10%)",
+         f"{result.val_loss:.4f} nats/char"),
+        (f"held-out loss (first {HELDOUT_WINDOWS} consecutive windows of the last 10% of "
+         "the corpus)",
+         f"{heldout:.4f} nats/char" if heldout is not None else "n/a"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    card = f"""# Character-level GPT-2 trained by `lamina train`
+
+| | |
+|---|---|
+{table}
+
+Data split: first 90% of the characters train, last 10% validate (as in the seed notebook).
+Settings: `{asdict(cfg)}`.
+
+![loss curve](loss_curve.png)
+
+Load it with `lamina.load("<this directory>")` or with plain `transformers`
+(`AutoModelForCausalLM.from_pretrained`, `AutoTokenizer.from_pretrained`).
+"""
+    (out / "MODEL_CARD.md").write_text(card)
+    return out

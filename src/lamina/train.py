@@ -48,8 +48,9 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(),
-    "small": TrainConfig(n_layer=4, n_embd=256, n_head=4, block_size=128, batch_size=32,
-                         steps=3000, lr=1e-3, lr_drop_step=2400, dropout=0.1),
+    # CPU-sized: about 0.6 s a step on 2 cores with bfloat16 autocast
+    "small": TrainConfig(n_layer=4, n_embd=256, n_head=4, block_size=128, batch_size=64,
+                         steps=5000, lr=1e-3, lr_drop_step=4000, dropout=0.1, eval_every=250),
     "tiny": TrainConfig(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, steps=20,
                         lr=3e-3, lr_drop_step=1000, eval_every=10, eval_batches=2,
                         checkpoint_every=5, dropout=0.0),

@@ -167,6 +167,33 @@ def pathlength(
 
 @app.command()
 @_friendly
+def alignment(
+    layer: Annotated[int, typer.Option(help="Block of the head.")],
+    head: Annotated[int, typer.Option(help="Head index.")],
+    model: ModelOpt = "minilm",
+    query: Annotated[str, typer.Option(help="bias, bias_folded or token:<word>.")] = "bias",
+    position: Annotated[list[int] | None, typer.Option(help="Key positions (repeatable).")] = None,
+    n_sequences: int = 2500,
+    seq_len: int = 40,
+    seed: int = 0,
+    out: OutOpt = None,
+) -> None:
+    """Cosine of a head's query bias with the keys of every token and of every position."""
+    from lamina.analyses import alignment as run
+
+    positions = tuple(position or [p for p in (0, 9, 19, 39) if p < seq_len])
+    result = run(model, layer, head, query=query, positions=positions,
+                 n_sequences=n_sequences, seq_len=seq_len, seed=seed)
+    v = result.vocab
+    typer.echo(f"query: {result.meta['query']}\nvocabulary, each token alone at position 0: "
+               f"mean {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f})")
+    _print_frame(result.summary)
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
 def train(
     corpus: Annotated[Path, typer.Option("--corpus", help="Training text file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],

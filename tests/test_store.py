@@ -129,3 +129,24 @@ def test_store_errors_are_clear(tmp_path: Path, minilm: lamina.Model) -> None:
     (tmp_path / "e" / "shards" / "00000.safetensors").unlink()
     with pytest.raises(lamina.LaminaError, match="missing or corrupt"):
         lstore.open(tmp_path / "e")["hidden.1"][0]
+
+
+def test_cli_collect_substrings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lamina.cli import app
+
+    model_dir = tmp_path / "model"
+    m = tiny("gpt2")
+    m.hf_model.save_pretrained(model_dir)
+    m.tokenizer.save_pretrained(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text(tinyshakespeare()[:800])
+    result = CliRunner().invoke(app, ["collect", "--model", str(model_dir), "--substrings", "6",
+                                      "--text-file", str(text), "--site", "mlp_out.1",
+                                      "--out", str(tmp_path / "st")])
+    assert result.exit_code == 0, result.output
+    store = lstore.open(tmp_path / "st")
+    assert store.complete and store.strings == lstore.substrings(text.read_text(), 6).strings
+    missing = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "--corpus" in missing.output

@@ -130,6 +130,39 @@ def _text(value: str) -> str:
 
 @app.command()
 @_friendly
+def collect(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory (resumed if present).")],
+    model: ModelOpt = "minilm",
+    corpus: Annotated[Path | None, typer.Option(help="Text file, one string per line.")] = None,
+    substrings: Annotated[int | None, typer.Option(
+        help="Instead of lines: all unique substrings of this length of --text-file.")] = None,
+    text_file: Annotated[Path | None, typer.Option(help="Text for --substrings.")] = None,
+    site: SitesOpt = None,
+    positions: str = "last",
+    dtype: str = "float32",
+    batch_size: int = 256,
+) -> None:
+    """Capture sites for a corpus into an on-disk store (safetensors shards + manifest)."""
+    from lamina import store
+
+    if substrings is not None:
+        if text_file is None or not text_file.is_file():
+            raise LaminaError("--substrings needs --text-file pointing to an existing file.")
+        source: object = store.substrings(text_file.read_text("utf-8"), substrings)
+    elif corpus is not None:
+        source = str(corpus)
+    else:
+        raise LaminaError("Give --corpus FILE, or --substrings N with --text-file FILE.")
+    result = store.collect(
+        model, source, site or ["hidden.*"], out,
+        positions=int(positions) if positions.lstrip("-").isdigit() else positions,
+        dtype=dtype, batch_size=batch_size,
+    )
+    typer.echo(repr(result))
+
+
+@app.command()
+@_friendly
 def lens(
     text: TextArg,
     model: ModelOpt = "minilm",

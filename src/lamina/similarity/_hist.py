@@ -1,0 +1,135 @@
+"""Exact streaming histogram: counts identical to ``numpy.histogram`` on the same values.
+
+Bins follow numpy: ``edges[k] <= v < edges[k+1]``, the last bin closed; integer ``bins`` give
+numpy's edges for data of the compute dtype. Each block is binned by one affine map
+``floor(v * a + b)`` (fast, vectorised); values whose mapped position lies within a rounding
+bound ``delta`` of an edge are re-binned exactly against the edges in float64."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamina.similarity._errors import SimilarityInputError
+
+
+def make_edges(bins: Any, range: tuple[float, float] | None, dtype: torch.dtype) -> np.ndarray:
+    """numpy's bin edges for ``bins`` (an int with ``range``, or an increasing edge array)."""
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    if isinstance(bins, numbers.Integral) and not isinstance(bins, bool):
+        if bins < 1:
+            raise SimilarityInputError(f"bins must be a positive integer, got {bins}.")
+        if range is None or len(range) != 2:
+            raise SimilarityInputError("range must be a pair (low, high) when bins is an integer.")
+        lo, hi = float(range[0]), float(range[1])
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise SimilarityInputError(f"range must be finite with low < high, got {range}.")
+        # the caller's range objects as given: numpy's edges depend on their types
+        return np.histogram_bin_edges(np.empty(0, np_dtype), bins=int(bins), range=tuple(range))
+    edges = np.asarray(bins, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)):
+        raise SimilarityInputError("bins must be an integer or a 1-D array of >= 2 finite edges.")
+    if np.any(np.diff(edges) <= 0):
+        raise SimilarityInputError("bin edges must increase strictly.")
+    return edges
+
+
+class ExactHistogram:
+    """Accumulates counts of values per bin, plus the numbers below and above the edges.
+
+    ``bounds``: known limits of the values (e.g. (-1, 1) for cosine), which let the clamp be
+    skipped when the edges cover them."""
+
+    def __init__(
+        self,
+        edges: np.ndarray,
+        dtype: torch.dtype,
+        device: torch.device,
+        bounds: tuple[float, float] | None = None,
+    ) -> None:
+        self.edges = edges
+        self.nb = nb = len(edges) - 1
+        self.device = device
+        self.dtype = dtype
+        self.edges64 = torch.as_tensor(edges, dtype=torch.float64, device=device)
+        lo, hi = float(edges[0]), float(edges[-1])
+        a = nb / (hi - lo)
+        grid = lo + np.arange(nb + 1) * ((hi - lo) / nb)
+        dev = float(np.max(np.abs(edges - grid))) * a  # distance of edges from the grid, in bins
+        eps = float(torch.finfo(dtype).eps)
+        big = max(abs(lo), abs(hi))
+        self.a, self.b = a, 1.0 - lo * a  # value -> 1 + position in bins
+        self.delta = dev + 8 * eps * (3 * big * a + abs(lo) * a + nb + 3)
+        self.affine = self.delta < 0.05
+        self.qdtype = torch.uint8 if nb + 2 <= 255 else torch.int32
+        self.clamp = bounds is None or bounds[0] < lo or bounds[1] > hi
+        self.counts = torch.zeros(nb + 2, dtype=torch.int64, device=device)  # below, bins, above
+        self.n_fixed = 0
+        self._buf: torch.Tensor | None = None
+        self._q: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ public
+    def add(self, v: torch.Tensor) -> None:
+        """Count the values of ``v`` (any shape)."""
+        self.counts += self._bincount(self.bin_index(v))
+
+    def bin_index(self, v: torch.Tensor) -> torch.Tensor:
+        """Exact bin of every value of ``v`` as a flat integer tensor: 0 below the edges,
+        1..nb the bins, nb+1 above. The returned tensor may be an internal buffer."""
+        flat = v.reshape(-1)
+        if not self.affine:
+            return self._exact(flat)
+        n = flat.numel()
+        buf, q = self._buffers(n)
+        torch.mul(flat, self.a, out=buf)
+        buf.add_(self.b)
+        if self.clamp:
+            buf.clamp_(0.5, self.nb + 1.5)
+        q.copy_(buf)  # truncation = floor for positive positions
+        buf.add_(self.delta).frac_()
+        near = (buf < 2 * self.delta).nonzero().squeeze(1)
+        if near.numel():
+            self.n_fixed += near.numel()
+            q[near] = self._exact(flat[near]).to(self.qdtype)
+        return q
+
+    @property
+    def below(self) -> int:
+        return int(self.counts[0])
+
+    @property
+    def above(self) -> int:
+        return int(self.counts[-1])
+
+    def result(self) -> np.ndarray:
+        return self.counts[1:-1].cpu().numpy()
+
+    # ------------------------------------------------------------------ internals
+    def _buffers(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._buf is None or self._buf.numel() < n:
+            self._buf = torch.empty(n, dtype=self.dtype, device=self.device)
+            self._q = torch.empty(n, dtype=self.qdtype, device=self.device)
+        return self._buf[:n], self._q[:n]
+
+    def _exact(self, vals: torch.Tensor) -> torch.Tensor:
+        """numpy's rule in float64: edges[k] <= v < edges[k+1], the last edge included."""
+        v = vals.to(torch.float64)
+        k = torch.searchsorted(self.edges64, v, right=True)  # number of edges <= v
+        last = v == self.edges64[-1]
+        return torch.where(last, torch.full_like(k, self.nb), k)
+
+    def _bincount(self, q: torch.Tensor) -> torch.Tensor:
+        m = self.nb + 2
+        if q.dtype != torch.uint8 or m > 128 or q.numel() < 2:
+            return torch.bincount(q.to(torch.int64), minlength=m)[:m]
+        n2 = q.numel() // 2 * 2
+        # two uint8 bin ids read as one int16 (both < 128): half the elements to count
+        pairs = torch.bincount(q[:n2].view(torch.int16).to(torch.int32), minlength=128 * 256)
+        grid = pairs[: 128 * 256].view(128, 256)
+        counts = grid.sum(0)[:m] + grid.sum(1)[:m]
+        if n2 < q.numel():
+            counts[int(q[-1])] += 1
+        return counts

@@ -1,0 +1,105 @@
+"""Pair values of two prepared blocks, and the walk over block pairs.
+
+Self-similarity visits the upper triangle only: blocks (I, J) with J >= I; diagonal blocks are
+computed whole and their strictly upper triangle is what counts as pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lamina.similarity._blocks import BOUNDED, Prepared
+
+
+def pair_values(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    metric: str,
+    value: torch.dtype,
+    sq_a: torch.Tensor | None = None,
+    sq_b: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Values (R, C) of ``metric`` between prepared rows ``a`` (R, d) and ``b`` (C, d).
+    Products run in ``a.dtype``; results are in ``value``. Cosine and correlation are clamped to
+    [-1, 1]; euclidean is ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``."""
+    if a.dtype == value:
+        s = torch.mm(a, b.T, out=out) if out is not None else torch.mm(a, b.T)
+    else:
+        low = torch.mm(a, b.T)
+        s = out.copy_(low) if out is not None else low.to(value)
+    if metric in BOUNDED:
+        s.clamp_(-1.0, 1.0)
+    elif metric == "euclidean":
+        s.mul_(-2.0).add_(sq_a[:, None]).add_(sq_b[None, :]).clamp_min_(0.0).sqrt_()
+    return s
+
+
+@dataclass
+class Block:
+    """One block pair: ``values`` (R, C), row positions ``r0:r0+R`` of x and column positions
+    ``c0:c0+C`` of y (or x); ``diagonal``: a self block whose rows and columns coincide."""
+
+    values: torch.Tensor
+    r0: int
+    c0: int
+    diagonal: bool
+
+
+def block_pairs(n_x: int, n_y: int | None, size: int) -> list[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) of every block pair: the upper triangle when ``n_y`` is None."""
+    starts_x = list(range(0, n_x, size))
+    out = []
+    for r0 in starts_x:
+        r1 = min(r0 + size, n_x)
+        if n_y is None:
+            out += [(r0, r1, c0, min(c0 + size, n_x)) for c0 in starts_x if c0 >= r0]
+        else:
+            out += [(r0, r1, c0, min(c0 + size, n_y)) for c0 in range(0, n_y, size)]
+    return out
+
+
+def iter_blocks(
+    px: Prepared, py: Prepared | None, size: int, progress: bool = False
+) -> Iterator[Block]:
+    """Compute block pairs in order (row block outer). The yielded values live in a reused
+    buffer: consume them before asking for the next block."""
+    self_pairs = py is None
+    other = px if self_pairs else py
+    pairs = block_pairs(px.n, None if self_pairs else py.n, size)
+    value, fast = px.precision.value, px.precision.fast
+    buf = torch.empty(size * size, dtype=value, device=px.device)
+    euclid = px.metric == "euclidean"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc="similarity blocks", unit="block")
+    cur, a = None, None
+    for r0, r1, c0, c1 in pairs:
+        if cur != r0:
+            a, cur = px.block(r0, r1, matmul=fast), r0
+        b = a if (self_pairs and c0 == r0) else other.block(c0, c1, matmul=fast)
+        out = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+        s = pair_values(
+            a, b, px.metric, value,
+            px.sqnorm[r0:r1] if euclid else None,
+            other.sqnorm[c0:c1] if euclid else None,
+            out=out,
+        )
+        yield Block(s, r0, c0, self_pairs and c0 == r0)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def upper_values(s: torch.Tensor, mask_cache: dict) -> torch.Tensor:
+    """Strictly upper-triangular entries (i < j) of a square block, as a flat tensor."""
+    n = s.shape[0]
+    key = (n, s.device)
+    if key not in mask_cache:
+        mask_cache[key] = torch.ones(n, n, dtype=torch.bool, device=s.device).triu_(1)
+    return s[mask_cache[key]]

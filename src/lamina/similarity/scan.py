@@ -1,0 +1,240 @@
+"""``scan``: exact all-pairs statistics in one streaming pass over row blocks.
+
+Self-similarity computes only the upper triangle of block pairs; every statistic (histogram,
+moments, top-k per row in both directions, thresholded pairs) is taken from each block while it
+is in memory, so the cost is that of the matrix products and memory never holds N x N values.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamina.similarity._accum import Moments, PairCollector, default_max_pairs, to_numpy
+from lamina.similarity._blocks import (
+    BOUNDED,
+    Prepared,
+    RowSource,
+    block_size,
+    check_int,
+    check_metric,
+    memory_budget,
+    prepare,
+    resolve_device,
+    resolve_precision,
+    select_rows,
+)
+from lamina.similarity._errors import SimilarityInputError
+from lamina.similarity._hist import ExactHistogram, make_edges
+from lamina.similarity._kernel import iter_blocks, upper_values
+from lamina.similarity._rescore import candidate_threshold, exact_pairs, rescore_topk
+from lamina.similarity._result import ScanResult
+from lamina.similarity._topk import TopK
+
+
+def prepare_inputs(
+    x: Any, y: Any, metric: str, subset: Any, subset_y: Any, device: Any, dtype: Any,
+    fast: bool, memory: int | None, block: int | None,
+) -> tuple[Prepared, Prepared | None, int, int]:
+    """Validate and prepare x (and y): returns ``(px, py, block_size, budget)``."""
+    check_metric(metric)
+    dev = resolve_device(device)
+    precision = resolve_precision(dtype, fast)
+    budget = memory_budget(dev, memory)
+    size = block_size(dev, budget, block)
+    src_x = RowSource(x, "x")
+    px = prepare(src_x, metric, precision, dev, budget, select_rows(subset, len(src_x)))
+    py = None
+    if y is not None:
+        src_y = RowSource(y, "y")
+        if src_y.shape[1] != src_x.shape[1]:
+            raise SimilarityInputError(
+                f"x has vectors of width {src_x.shape[1]} but y of width {src_y.shape[1]}; "
+                "both must have the same width d."
+            )
+        sel_y = select_rows(subset_y, len(src_y), "subset_y")
+        py = prepare(src_y, metric, precision, dev, budget, sel_y)
+    elif subset_y is not None:
+        raise SimilarityInputError("subset_y needs y; pass y= or use subset= for x.")
+    what = "zero vectors" if metric == "cosine" else "constant rows"
+    if py is None and px.n < 2:
+        raise SimilarityInputError(
+            f"need at least 2 rows to form a pair; x has {px.n} usable rows "
+            f"({len(px.zero_rows)} {what} excluded)."
+        )
+    if py is not None and (px.n < 1 or py.n < 1):
+        raise SimilarityInputError(f"x or y has no usable rows (all are {what}).")
+    return px, py, size, budget
+
+
+def scan(
+    x: Any,
+    y: Any = None,
+    *,
+    metric: str = "cosine",
+    bins: int | np.ndarray | None = None,
+    range: tuple[float, float] | None = (-1, 1),
+    topk: int | None = None,
+    largest: bool = True,
+    threshold: float | None = None,
+    subset: Any = None,
+    device: str | torch.device | None = None,
+    dtype: Any = None,
+    subset_y: Any = None,
+    threshold_below: bool = False,
+    groups: bool = False,
+    max_pairs: int | None = None,
+    fast: bool = False,
+    widen: int | None = None,
+    block_size: int | None = None,
+    memory: int | None = None,
+    progress: bool = False,
+) -> ScanResult:
+    """Statistics of all pair values of ``x`` (N, d) (unique pairs i < j), or of ``x`` against
+    ``y`` (M, d) (all N*M pairs), in one pass.
+
+    metric: "cosine", "correlation" (cosine of row-centred vectors), "dot" or "euclidean".
+    bins, range: histogram (numpy's rules and edges); counts identical to ``numpy.histogram``
+        of the same values. Cosine and correlation values are clamped to [-1, 1].
+    topk, largest: the k largest (or smallest) values per row of x and their column ids
+        (self excluded).
+    threshold: every pair with value >= threshold (<= with ``threshold_below``), as sparse
+        (i, j, value); stops with :class:`TooManyPairsError` beyond ``max_pairs`` (default:
+        half the memory budget). ``groups=True`` also returns the connected components of
+        those pairs (duplicate groups; self-similarity only).
+    subset, subset_y: row ids or boolean masks; results refer to original row ids.
+    device: None picks CUDA when available. dtype: None/"float32" (default), "float64", or
+        "bfloat16"/"float16" (= ``fast=True``): low-precision products; top-k candidates
+        (``widen`` per row, default max(2k, k + 16)) and threshold candidates (a proven error
+        margin) are re-scored exactly in float32; histogram and moments use the
+        low-precision values.
+    block_size, memory: rows per block and working-memory budget in bytes (default: a
+        quarter of free memory, at most 1 GiB on CPU). progress: a tqdm bar over blocks.
+    """
+    t0 = time.perf_counter()
+    px, py, size, budget = prepare_inputs(
+        x, y, metric, subset, subset_y, device, dtype, fast, memory, block_size
+    )
+    other = px if py is None else py
+    precision, dev = px.precision, px.device
+    n_other = other.n - (1 if py is None else 0)
+
+    tk = None
+    if topk is not None:
+        k = check_int(topk, "topk")
+        if k > n_other:
+            raise SimilarityInputError(
+                f"topk={k} is too large: each row has only {n_other} other rows to compare with "
+                f"(rows used: {px.n if py is None else other.n}); pass topk < that."
+            )
+        kc = k
+        if precision.fast:
+            kc = min(n_other, widen if widen is not None else max(2 * k, k + 16))
+            kc = max(kc, k)
+        tk = TopK(px.n, kc, dev)
+    hist = None
+    if bins is not None:
+        bounds = (-1.0, 1.0) if metric in BOUNDED else ((0.0, np.inf) if metric == "euclidean"
+                                                         else None)
+        hist = ExactHistogram(make_edges(bins, range, precision.value), precision.value, dev,
+                              bounds)
+    if groups and (threshold is None or py is not None):
+        raise SimilarityInputError("groups=True needs a threshold and no y (self-similarity).")
+    pairs = None
+    if threshold is not None:
+        limit = default_max_pairs(budget)
+        if max_pairs is not None:
+            limit = check_int(max_pairs, "max_pairs")
+        cand = None
+        if precision.fast:
+            cand = candidate_threshold(threshold, threshold_below, px, other)
+        note = f"limit {limit:,} pairs, {limit * 20 / 2**20:,.0f} MiB"
+        pairs = PairCollector(threshold, threshold_below, limit, note, cand)
+
+    moments = Moments()
+    masks: dict = {}
+    for blk in iter_blocks(px, py, size, progress):
+        s = blk.values
+        v = upper_values(s, masks) if blk.diagonal else s
+        moments.add(v)
+        if hist is not None:
+            hist.add(v)
+        if pairs is not None:
+            pairs.add(s, blk.r0, blk.c0, blk.diagonal)
+        if tk is not None:
+            if not largest:
+                s.neg_()
+            if blk.diagonal:
+                s.fill_diagonal_(-torch.inf)
+                tk.update_rows(s, blk.r0, blk.c0)
+            else:
+                tk.update_rows(s, blk.r0, blk.c0)
+                if py is None:
+                    tk.update_cols(s, blk.r0, blk.c0)
+
+    result = ScanResult(
+        metric=metric, count=moments.count, mean=moments.mean, std=moments.std,
+        min=moments.vmin if moments.count else float("nan"),
+        max=moments.vmax if moments.count else float("nan"),
+        n_zero=len(px.zero_rows), zero_rows=px.zero_rows,
+        n_zero_y=0 if py is None else len(py.zero_rows), largest=largest,
+    )
+    if hist is not None:
+        result.counts, result.edges = hist.result(), hist.edges
+        result.below, result.above = hist.below, hist.above
+    if tk is not None:
+        _fill_topk(result, tk, px, other, k, largest, subset, budget)
+    if pairs is not None:
+        _fill_pairs(result, pairs, px, other, budget)
+        if groups:
+            from lamina.similarity.duplicates import components
+
+            result.duplicate_groups = components(result.pairs_i, result.pairs_j)
+    result.meta = dict(
+        device=str(dev), value_dtype=str(precision.value).replace("torch.", ""),
+        matmul_dtype=str(precision.matmul).replace("torch.", ""), fast=precision.fast,
+        block_size=size, memory_budget=budget, cached=px.data is not None,
+        n_rows=px.n, n_cols=other.n, seconds=time.perf_counter() - t0,
+        histogram_exact_rebinned=0 if hist is None else hist.n_fixed,
+    )
+    return result
+
+
+def _fill_topk(
+    result: ScanResult, tk: TopK, px: Prepared, other: Prepared, k: int, largest: bool,
+    subset: Any, budget: int,
+) -> None:
+    if px.precision.fast:
+        vals, idx = rescore_topk(px, other, tk.indices, k, largest, budget)
+    else:
+        vals = tk.values if largest else -tk.values
+        idx = tk.indices
+    vals, idx = to_numpy(vals).astype(np.float32), to_numpy(idx)
+    rows = select_rows(subset, len(px.source))
+    rows = np.arange(len(px.source)) if rows is None else rows
+    pos = np.searchsorted(px.rows, rows)
+    pos = np.minimum(pos, px.n - 1)
+    ok = px.rows[pos] == rows
+    out_v = np.full((len(rows), k), np.nan, dtype=np.float32)
+    out_i = np.full((len(rows), k), -1, dtype=np.int64)
+    out_v[ok] = vals[pos[ok]]
+    out_i[ok] = other.rows[idx[pos[ok]]]
+    result.rows, result.topk_values, result.topk_indices = rows, out_v, out_i
+
+
+def _fill_pairs(
+    result: ScanResult, pairs: PairCollector, px: Prepared, other: Prepared, budget: int
+) -> None:
+    i, j, v = pairs.arrays()
+    if px.precision.fast and len(i):
+        v = exact_pairs(px, other, i, j, budget)
+        keep = v <= pairs.threshold if pairs.below else v >= pairs.threshold
+        i, j, v = i[keep.to(i.device)], j[keep.to(j.device)], v[keep]
+    i, j = px.rows[to_numpy(i)], other.rows[to_numpy(j)]
+    order = np.lexsort((j, i))
+    result.threshold = pairs.threshold
+    result.pairs_i, result.pairs_j = i[order], j[order]
+    result.pairs_values = to_numpy(v).astype(np.float32)[order]

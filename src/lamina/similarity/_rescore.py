@@ -1,5 +1,7 @@
-"""Fast mode: exact float32 re-scoring of candidates found with low-precision products, and the
-margins that make thresholded pairs exact."""
+"""Re-scoring of candidates: exact values for top-k and threshold candidates found with
+low-precision products (fast mode) or, for euclidean, with the Gram expansion
+sqrt(|a|^2 + |b|^2 - 2 a.b), which loses precision for near-identical rows; re-scored euclidean
+distances are computed from the differences. Also the margins that keep thresholds exact."""
 
 from __future__ import annotations
 
@@ -10,26 +12,26 @@ import torch
 from lamina.similarity._blocks import BOUNDED, Prepared
 
 
-def _finish(dots: torch.Tensor, metric: str, sq_a: torch.Tensor | None, sq_b: torch.Tensor | None):
-    if metric in BOUNDED:
-        return dots.clamp_(-1.0, 1.0)
+def needs_rescoring(px: Prepared) -> bool:
+    return px.precision.fast or px.metric == "euclidean"
+
+
+def _values(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """Values between rows ``a`` (..., d) and ``b`` (..., d) (broadcast)."""
     if metric == "euclidean":
-        return (sq_a + sq_b - 2.0 * dots).clamp_min_(0.0).sqrt_()
-    return dots
+        diff = a.to(torch.float64) - b.to(torch.float64)
+        return torch.linalg.vector_norm(diff, dim=-1).to(a.dtype)
+    dots = (a * b).sum(-1)
+    return dots.clamp_(-1.0, 1.0) if metric in BOUNDED else dots
 
 
 def exact_pairs(px: Prepared, py: Prepared, i: torch.Tensor, j: torch.Tensor, budget: int):
     """Exact values (value dtype) of pairs at positions ``i`` of x and ``j`` of y (1-D)."""
     out = []
-    step = max(1, budget // 4 // (8 * px.d * px.precision.value.itemsize))
-    euclid = px.metric == "euclidean"
+    step = max(1, budget // 4 // (16 * px.d * px.precision.value.itemsize))
     for s in range(0, len(i), step):
         ii, jj = i[s : s + step].to(px.device), j[s : s + step].to(px.device)
-        dots = (px.take(ii) * py.take(jj)).sum(1)
-        out.append(_finish(
-            dots, px.metric,
-            px.sqnorm[ii] if euclid else None, py.sqnorm[jj] if euclid else None,
-        ))
+        out.append(_values(px.take(ii), py.take(jj), px.metric))
     return torch.cat(out) if out else torch.empty(0, dtype=px.precision.value)
 
 
@@ -38,19 +40,18 @@ def rescore_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` among candidate columns ``cand`` (n, kc) of every row of x."""
     n, kc = cand.shape
-    step = max(1, budget // 4 // (kc * px.d * px.precision.value.itemsize * 2))
-    euclid = px.metric == "euclidean"
+    step = max(1, budget // 4 // (kc * px.d * 8 * 3))
     vals, idx = [], []
     for s in range(0, n, step):
         rows = torch.arange(s, min(s + step, n), device=px.device)
         c = cand[s : s + step].to(px.device)
         a = px.take(rows)  # (r, d)
         b = py.take(c)  # (r, kc, d)
-        dots = torch.bmm(b, a[:, :, None])[:, :, 0]
-        v = _finish(
-            dots, px.metric,
-            px.sqnorm[rows][:, None] if euclid else None, py.sqnorm[c] if euclid else None,
-        )
+        if px.metric == "euclidean":
+            v = _values(a[:, None, :], b, px.metric)
+        else:
+            v = torch.bmm(b, a[:, :, None])[:, :, 0]
+            v = v.clamp_(-1.0, 1.0) if px.metric in BOUNDED else v
         top_v, top_p = torch.topk(v, k, dim=1, largest=largest)
         vals.append(top_v)
         idx.append(torch.gather(c, 1, top_p))
@@ -60,12 +61,15 @@ def rescore_topk(
 def candidate_threshold(
     threshold: float, below: bool, px: Prepared, py: Prepared
 ) -> float:
-    """A looser threshold on low-precision values that keeps every pair whose exact value
-    passes ``threshold``: twice a bound on the rounding error of the products."""
-    mm = px.precision.matmul
-    u = float(torch.finfo(mm).eps) / 2
-    err = 2 * (3 * u + px.d * 2.0**-24) * px.max_norm * py.max_norm  # bound on |dot error|
+    """A looser threshold on the block values that keeps every pair whose exact value passes
+    ``threshold``: twice a worst-case bound on the rounding error of the products (inputs and
+    output rounded to the product dtype, d terms accumulated in float32)."""
+    u = float(torch.finfo(px.precision.matmul).eps) / 2
+    u32 = float(torch.finfo(px.precision.value).eps) / 2
+    a, b = px.max_norm, py.max_norm
+    err = 2 * (3 * u + px.d * u32) * a * b  # bound on |dot error|
     if px.metric == "euclidean":
+        err2 = 2 * err + 8 * u32 * (a * a + b * b)  # |d^2 error|: products and squared norms
         t2 = threshold * threshold
-        return math.sqrt(t2 + 2 * err) if below else math.sqrt(max(t2 - 2 * err, 0.0))
+        return math.sqrt(t2 + err2) if below else math.sqrt(max(t2 - err2, 0.0))
     return threshold + err if below else threshold - err

@@ -30,7 +30,12 @@ from lamina.similarity._blocks import (
 from lamina.similarity._errors import SimilarityInputError
 from lamina.similarity._hist import ExactHistogram, make_edges
 from lamina.similarity._kernel import iter_blocks, upper_values
-from lamina.similarity._rescore import candidate_threshold, exact_pairs, rescore_topk
+from lamina.similarity._rescore import (
+    candidate_threshold,
+    exact_pairs,
+    needs_rescoring,
+    rescore_topk,
+)
 from lamina.similarity._result import ScanResult
 from lamina.similarity._topk import TopK
 
@@ -110,7 +115,8 @@ def scan(
         "bfloat16"/"float16" (= ``fast=True``): low-precision products; top-k candidates
         (``widen`` per row, default max(2k, k + 16)) and threshold candidates (a proven error
         margin) are re-scored exactly in float32; histogram and moments use the
-        low-precision values.
+        low-precision values. Euclidean top-k and thresholds are always re-scored from the
+        differences (the histogram uses sqrt(|a|^2 + |b|^2 - 2 a.b), like torch.cdist).
     block_size, memory: rows per block and working-memory budget in bytes (default: a
         quarter of free memory, at most 1 GiB on CPU). progress: a tqdm bar over blocks.
     """
@@ -131,7 +137,7 @@ def scan(
                 f"(rows used: {px.n if py is None else other.n}); pass topk < that."
             )
         kc = k
-        if precision.fast:
+        if needs_rescoring(px):
             kc = min(n_other, widen if widen is not None else max(2 * k, k + 16))
             kc = max(kc, k)
         tk = TopK(px.n, kc, dev)
@@ -149,7 +155,7 @@ def scan(
         if max_pairs is not None:
             limit = check_int(max_pairs, "max_pairs")
         cand = None
-        if precision.fast:
+        if needs_rescoring(px):
             cand = candidate_threshold(threshold, threshold_below, px, other)
         note = f"limit {limit:,} pairs, {limit * 20 / 2**20:,.0f} MiB"
         pairs = PairCollector(threshold, threshold_below, limit, note, cand)
@@ -207,7 +213,7 @@ def _fill_topk(
     result: ScanResult, tk: TopK, px: Prepared, other: Prepared, k: int, largest: bool,
     subset: Any, budget: int,
 ) -> None:
-    if px.precision.fast:
+    if needs_rescoring(px):
         vals, idx = rescore_topk(px, other, tk.indices, k, largest, budget)
     else:
         vals = tk.values if largest else -tk.values
@@ -229,7 +235,7 @@ def _fill_pairs(
     result: ScanResult, pairs: PairCollector, px: Prepared, other: Prepared, budget: int
 ) -> None:
     i, j, v = pairs.arrays()
-    if px.precision.fast and len(i):
+    if needs_rescoring(px) and len(i):
         v = exact_pairs(px, other, i, j, budget)
         keep = v <= pairs.threshold if pairs.below else v >= pairs.threshold
         i, j, v = i[keep.to(i.device)], j[keep.to(j.device)], v[keep]

@@ -1,0 +1,203 @@
+"""Words in context: how similar are the representations of the same word across its
+occurrences in a corpus, compared with other words, layer by layer? (The fourth seed notebook,
+parts 4-6.)
+
+Every occurrence of each target token (up to a cap, sampled reproducibly) is fed with its
+preceding ``window`` tokens, the target last, and represented at that last position. Per layer,
+the engine's group statistics give within-word and across-word means, t, Welch's t, Cohen's d
+and a permutation p-value exactly from Gram matrices, and streamed histograms give the full
+distributions (the "tornado" figure) without ever forming the N x N matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lamina.errors import ContextLengthError, LaminaError
+from lamina.models import Model, load
+from lamina.results import Result
+from lamina.similarity import group_stats
+
+
+@dataclass
+class ContextsResult(Result):
+    """``to_frame()``: one row per layer (``layer``, ``site``, ``within_mean``,
+    ``across_mean``, ``delta``, ``t``, ``t_welch``, ``cohens_d``, ``p_permutation``,
+    ``centred_delta``, ``baseline_mean``). ``pairs``: per layer and word pair, count, mean,
+    var. ``histograms``: site -> ``[n_word_pairs, n_bins]`` counts (rows as in ``pairs``),
+    ``edges``: the bin edges. ``counts``: occurrences per word."""
+
+    table: pd.DataFrame
+    pairs: pd.DataFrame
+    counts: pd.DataFrame
+    histograms: dict[str, np.ndarray]
+    edges: np.ndarray
+    name = "contexts"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table.copy()
+
+    def extra_tables(self) -> dict[str, pd.DataFrame]:
+        return {"context_pairs": self.pairs, "context_counts": self.counts}
+
+    def groups(self) -> list[tuple[str, np.ndarray]]:
+        """(name, ``[n_layers, n_bins]`` counts): all within-word pairs, then each word pair."""
+        first = self.pairs[self.pairs["site"] == self.table["site"].iloc[0]]
+        stack = np.stack([self.histograms[s] for s in self.table["site"]])  # [L, P, B]
+        out = [("within word", stack[:, first["within"].to_numpy()].sum(1))]
+        for k, row in enumerate(first.itertuples()):
+            if not row.within:
+                out.append((f"<{row.group_a}, {row.group_b}>", stack[:, k]))
+        return out
+
+    def plot(self, **kwargs: Any) -> Any:
+        """The tornado figure: layer x similarity-bin heat maps, probability per layer."""
+        import matplotlib.pyplot as plt
+
+        groups = self.groups()
+        used = np.flatnonzero(sum(g.sum(0) for _, g in groups) > 0)
+        lo, hi = (used.min(), used.max() + 1) if len(used) else (0, len(self.edges) - 1)
+        fig, axs = plt.subplots(1, len(groups), figsize=(4 * len(groups), 4), squeeze=False)
+        n_layers = len(self.table)
+        for ax, (name, counts) in zip(axs[0], groups, strict=True):
+            prob = counts[:, lo:hi] / np.maximum(counts.sum(1, keepdims=True), 1)
+            vmax = float(np.percentile(prob[prob > 0], 95)) if (prob > 0).any() else 1.0
+            h = ax.imshow(prob, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=vmax,
+                          extent=[self.edges[lo], self.edges[hi], -0.5, n_layers - 0.5])
+            fig.colorbar(h, ax=ax, pad=0.02, label="probability")
+            ax.set(xlabel="Cosine similarity", ylabel="Layer", title=name,
+                   yticks=range(n_layers), yticklabels=list(self.table["layer"]))
+        fig.suptitle(f"Same word in context: similarity distributions by layer "
+                     f"({self.meta.get('model', '')})")
+        fig.tight_layout()
+        return fig
+
+    def plot_layer(self, layer: int | None = None) -> Any:
+        """Within- and across-word similarity densities of one layer."""
+        import matplotlib.pyplot as plt
+
+        idx = len(self.table) // 2 if layer is None else int(
+            np.flatnonzero(self.table["layer"].to_numpy() == layer)[0])
+        centres = (self.edges[:-1] + self.edges[1:]) / 2
+        width = np.diff(self.edges)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, counts in self.groups():
+            c = counts[idx]
+            if c.sum():
+                ax.plot(centres, c / c.sum() / width, linewidth=2, label=name)
+        row = self.table.iloc[idx]
+        ax.set(xlabel="Cosine similarity", ylabel="Density", ylim=(0, None),
+               title=f"{row['site']}: Δ = {row['delta']:.3f}, t = {row['t']:.1f}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def figures(self) -> dict[str, Any]:
+        return {"contexts_tornado": self.plot(), "contexts_layer": self.plot_layer()}
+
+
+def _corpus_ids(model: Model, corpus: str | Path) -> np.ndarray:
+    text = Path(corpus).read_text("utf-8") if isinstance(corpus, Path) or (
+        len(str(corpus)) < 1024 and "\n" not in str(corpus) and Path(str(corpus)).is_file()
+    ) else str(corpus)
+    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def occurrences(model: Model, ids: np.ndarray, targets: Sequence[str], window: int,
+                max_per_target: int | None, seed: int) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Sampled positions of each target token (each with ``window`` tokens before it)."""
+    rng = np.random.default_rng(seed)
+    picks, rows = [], []
+    for word in targets:
+        tid = model.single_token(word)
+        where = np.flatnonzero(ids == tid)
+        usable = where[where >= window]
+        if len(usable) == 0:
+            where_ = "never occurs" if len(where) == 0 else (
+                f"only occurs within the first {window} tokens")
+            raise LaminaError(
+                f"The target {word!r} (token {tid}) {where_} in the corpus: choose another "
+                "word, check its spelling and leading space (GPT-2 style tokenizers need "
+                "' word'), or use a smaller window.")
+        chosen = np.sort(rng.choice(usable, size=min(len(usable), max_per_target or len(usable)),
+                                    replace=False))
+        picks.append(chosen)
+        rows.append({"word": word, "token_id": tid, "occurrences": len(where),
+                     "usable": len(usable), "sampled": len(chosen)})
+    return picks, pd.DataFrame(rows)
+
+
+def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
+             window: int = 50, max_per_target: int | None = 1000, seed: int = 0,
+             sites: Any = ("hidden.*",), bins: int = 80, range: tuple[float, float] = (-1, 1),
+             permutations: int = 0, baseline: int = 200, batch_size: int = 64
+             ) -> ContextsResult:
+    """Same-word-in-context similarity per layer.
+
+    Args:
+        corpus: a text file path or the text itself.
+        targets: words that are single tokens of the model's tokenizer.
+        window: tokens of context before each occurrence (the target is the last token).
+        max_per_target: cap on occurrences per word, sampled with ``seed`` (None: all).
+        bins, range: the streamed histograms of pair similarities.
+        permutations: label permutations for ``p_permutation`` (0: skip).
+        baseline: random corpus positions for the random-pair baseline (0: skip).
+    """
+    model = load(model)
+    if len(targets) < 2:
+        raise LaminaError("Give at least two target words, to compare within and across.")
+    if model.max_length and window + 1 > model.max_length:
+        raise ContextLengthError(f"window + 1 = {window + 1} tokens exceeds the model's "
+                                 f"context of {model.max_length}: use a smaller window.")
+    ids = _corpus_ids(model, corpus)
+    picks, counts = occurrences(model, ids, targets, window, max_per_target, seed)
+    labels = np.concatenate([np.full(len(p), w, dtype=object) for p, w in zip(
+        picks, targets, strict=True)])
+    positions = np.concatenate(picks)
+    windows = [ids[p - window : p + 1].tolist() for p in positions]
+    acts = model.collect(windows, sites, positions="last", batch_size=batch_size)
+    base_acts = None
+    if baseline:
+        rng = np.random.default_rng(seed + 1)
+        random_pos = rng.integers(window, len(ids), size=baseline)
+        base_acts = model.collect([ids[p - window : p + 1].tolist() for p in random_pos],
+                                  acts.sites, positions="last", batch_size=batch_size)
+    rows, pairs, hists = [], [], {}
+    edges = None
+    for site in acts.sites:
+        x = acts[site].flatten(1)
+        gs = group_stats(x, labels, bins=bins, range=range, permutations=permutations, seed=seed)
+        centred = group_stats(x - x.mean(0, keepdim=True), labels)
+        s = gs.summary
+        layer = int(site.split(".")[1]) if site.split(".")[1].isdigit() else -1
+        base = float("nan")
+        if base_acts is not None:
+            u = torch.nn.functional.normalize(base_acts[site].flatten(1).double(), dim=-1)
+            sim = u @ u.T
+            base = float(sim[torch.triu_indices(len(u), len(u), 1).unbind()].mean())
+        rows.append({
+            "layer": layer, "site": site, "within_mean": s["within_mean"],
+            "across_mean": s["across_mean"], "delta": s["delta"], "t": float(s["t"]),
+            "t_welch": float(s["t_welch"]), "cohens_d": float(s["cohens_d"]),
+            "p_permutation": s["p_permutation"], "centred_delta": centred.summary["delta"],
+            "baseline_mean": base,
+        })
+        pairs.append(gs.table.assign(layer=layer, site=site))
+        hists[site], edges = gs.histograms, gs.edges
+    return ContextsResult(
+        pd.DataFrame(rows), pd.concat(pairs, ignore_index=True), counts, hists,
+        np.asarray(edges),
+        summary={"n_occurrences": int(len(positions)), "counts": counts.to_dict("records")},
+        meta=model.describe(targets=list(targets), window=window,
+                            max_per_target=max_per_target, seed=seed, bins=bins,
+                            range=list(range), permutations=permutations, baseline=baseline,
+                            corpus=str(corpus) if len(str(corpus)) < 300 else "<text>"),
+    )

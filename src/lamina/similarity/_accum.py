@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -53,43 +54,64 @@ class Moments:
         self.vmin = min(self.vmin, float(lo))
         self.vmax = max(self.vmax, float(hi))
 
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else math.nan
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation (ddof=0, as ``numpy.std``)."""
+    def parts(self) -> tuple[int, float, float]:
+        """(count, sum, sum of squared deviations from this part's mean)."""
         if not self.count:
-            return math.nan
-        k = self.shift or 0.0
-        m = self.total / self.count - k
-        return math.sqrt(max(self.sq / self.count - m * m, 0.0))
+            return 0, 0.0, 0.0
+        m = self.total / self.count - (self.shift or 0.0)
+        return self.count, self.total, max(self.sq - self.count * m * m, 0.0)
+
+
+def merge_moments(parts: list[Moments]) -> dict[str, float]:
+    """count, mean, std (population, ddof=0), min, max of all parts (Chan et al.'s merge)."""
+    count = sum(p.count for p in parts)
+    if not count:
+        return dict(count=0, mean=math.nan, std=math.nan, min=math.nan, max=math.nan)
+    mean = sum(p.total for p in parts) / count
+    m2 = 0.0
+    for p in parts:
+        n, total, dev = p.parts()
+        if n:
+            m2 += dev + n * (total / n - mean) ** 2
+    return dict(
+        count=count, mean=mean, std=math.sqrt(m2 / count),
+        min=min(p.vmin for p in parts), max=max(p.vmax for p in parts),
+    )
+
+
+class PairGuard:
+    """Counts collected pairs across workers and stops beyond ``max_pairs``."""
+
+    def __init__(self, threshold: float, below: bool, max_pairs: int, note: str) -> None:
+        self.threshold, self.below, self.max_pairs, self.note = threshold, below, max_pairs, note
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.total += n
+            if self.total <= self.max_pairs:
+                return
+        side = "<=" if self.below else ">="
+        raise TooManyPairsError(
+            f"more than {self.max_pairs:,} pairs have values {side} {self.threshold:g} "
+            f"({self.note}); raise the threshold (a histogram, scan(bins=...), shows how "
+            "many pairs each value range holds), scan a subset, or pass a larger max_pairs= "
+            "or memory=."
+        )
 
 
 class PairCollector:
-    """Pairs whose value is >= ``threshold`` (or <= when ``below``), with a memory guard.
+    """Pairs whose value is >= ``threshold`` (or <= when ``below``) in the blocks one worker
+    sees. ``candidate`` may be looser than the threshold (values re-scored later)."""
 
-    ``candidate`` may be looser than ``threshold`` (fast mode: approximate values are
-    re-scored later and filtered against ``threshold``)."""
-
-    def __init__(
-        self,
-        threshold: float,
-        below: bool,
-        max_pairs: int,
-        budget_note: str,
-        candidate: float | None = None,
-    ) -> None:
-        self.threshold = float(threshold)
+    def __init__(self, guard: PairGuard, candidate: float | None = None) -> None:
+        self.guard = guard
+        self.threshold, self.below = guard.threshold, guard.below
         self.candidate = self.threshold if candidate is None else float(candidate)
-        self.below = below
-        self.max_pairs = int(max_pairs)
-        self.note = budget_note
         self.i: list[torch.Tensor] = []
         self.j: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        self.total = 0
 
     def add(self, s: torch.Tensor, r0: int, c0: int, upper: bool) -> None:
         """Collect from block values ``s`` (R, C); ``upper``: keep only j > i (diagonal)."""
@@ -99,25 +121,21 @@ class PairCollector:
         ij = mask.nonzero()
         if ij.numel() == 0:
             return
-        self.total += len(ij)
-        if self.total > self.max_pairs:
-            side = "<=" if self.below else ">="
-            raise TooManyPairsError(
-                f"more than {self.max_pairs:,} pairs have values {side} {self.threshold:g} "
-                f"({self.note}); raise the threshold (a histogram, scan(bins=...), shows how "
-                "many pairs each value range holds), scan a subset, or pass a larger max_pairs= "
-                "or memory=."
-            )
+        self.guard.add(len(ij))
         self.i.append(ij[:, 0] + r0)
         self.j.append(ij[:, 1] + c0)
         self.v.append(s[ij[:, 0], ij[:, 1]])
 
-    def arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positions i, j (int64) and values, concatenated, on the device."""
-        if not self.i:
-            empty = torch.empty(0, dtype=torch.int64)
-            return empty, empty, torch.empty(0, dtype=torch.float32)
-        return torch.cat(self.i), torch.cat(self.j), torch.cat(self.v)
+
+def merge_pairs(parts: list[PairCollector]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions i, j (int64) and values of all parts, concatenated."""
+    i = [t for p in parts for t in p.i]
+    if not i:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty, torch.empty(0, dtype=torch.float32)
+    j = [t for p in parts for t in p.j]
+    v = [t for p in parts for t in p.v]
+    return torch.cat(i), torch.cat(j), torch.cat(v)
 
 
 def default_max_pairs(budget: int) -> int:

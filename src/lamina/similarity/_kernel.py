@@ -5,8 +5,11 @@ computed whole and their strictly upper triangle is what counts as pairs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,39 +64,98 @@ def block_pairs(n_x: int, n_y: int | None, size: int) -> list[tuple[int, int, in
     return out
 
 
-def iter_blocks(
-    px: Prepared, py: Prepared | None, size: int, progress: bool = False
-) -> Iterator[Block]:
-    """Compute block pairs in order (row block outer). The yielded values live in a reused
-    buffer: consume them before asking for the next block."""
+class _Walk:
+    """Hands out block pairs to workers and stops them all when one fails."""
+
+    def __init__(self, pairs: list, bar: Any) -> None:
+        self.pairs, self.bar = pairs, bar
+        self.next = 0
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, int, int, int] | None:
+        with self.lock:
+            if self.failed or self.next >= len(self.pairs):
+                return None
+            self.next += 1
+            return self.pairs[self.next - 1]
+
+    def done(self) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(1)
+
+
+def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Walk) -> Any:
     self_pairs = py is None
     other = px if self_pairs else py
-    pairs = block_pairs(px.n, None if self_pairs else py.n, size)
     value, fast = px.precision.value, px.precision.fast
     buf = torch.empty(size * size, dtype=value, device=px.device)
     euclid = px.metric == "euclidean"
+    cur, a = None, None
+    try:
+        while (pair := walk.take()) is not None:
+            r0, r1, c0, c1 = pair
+            if cur != r0:
+                a, cur = px.block(r0, r1, matmul=fast), r0
+            b = a if (self_pairs and c0 == r0) else other.block(c0, c1, matmul=fast)
+            out = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            s = pair_values(
+                a, b, px.metric, value,
+                px.sqnorm[r0:r1] if euclid else None,
+                other.sqnorm[c0:c1] if euclid else None,
+                out=out,
+            )
+            consumer.consume(Block(s, r0, c0, self_pairs and c0 == r0))
+            walk.done()
+    except BaseException:
+        walk.failed = True
+        raise
+    return consumer
+
+
+def default_workers(device: torch.device) -> int:
+    """CPU: one worker thread per intra-op thread, each running single-threaded ops (no
+    barriers between tiny parallel regions; robust when other processes share the cores).
+    CUDA: one."""
+    return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
+
+
+def walk_blocks(
+    px: Prepared,
+    py: Prepared | None,
+    size: int,
+    make_consumer: Callable[[], Any],
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[Any]:
+    """Compute every block pair (the upper triangle for self-similarity) and hand each to a
+    consumer's ``consume(block)``; one consumer per worker thread, returned for merging.
+    The block values live in a buffer reused by the worker: consume them at once."""
+    pairs = block_pairs(px.n, None if py is None else py.n, size)
+    workers = default_workers(px.device) if workers is None else max(1, int(workers))
+    workers = min(workers, len(pairs))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pairs), desc="similarity blocks", unit="block")
-    cur, a = None, None
-    for r0, r1, c0, c1 in pairs:
-        if cur != r0:
-            a, cur = px.block(r0, r1, matmul=fast), r0
-        b = a if (self_pairs and c0 == r0) else other.block(c0, c1, matmul=fast)
-        out = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        s = pair_values(
-            a, b, px.metric, value,
-            px.sqnorm[r0:r1] if euclid else None,
-            other.sqnorm[c0:c1] if euclid else None,
-            out=out,
-        )
-        yield Block(s, r0, c0, self_pairs and c0 == r0)
+    walk = _Walk(pairs, bar)
+    try:
+        if workers == 1:
+            return [_work(px, py, size, make_consumer(), walk)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(_work, px, py, size, make_consumer(), walk)
+                           for _ in range(workers)]
+                return [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(threads)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
 
 
 def upper_values(s: torch.Tensor, mask_cache: dict) -> torch.Tensor:

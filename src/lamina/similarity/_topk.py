@@ -73,3 +73,13 @@ class TopK:
         rows = (best[:, :, None] * c + self._ar).reshape(len(cols), kk * c)
         cand_v = torch.take(s, rows * n_cols + cols[:, None])
         self._merge(cols + c0, cand_v, rows + r0)
+
+
+def merge_topk(parts: list[TopK]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and indices (n, k) of the best k over several partial top-k states."""
+    if len(parts) == 1:
+        return parts[0].values, parts[0].indices
+    vals = torch.cat([p.values for p in parts], 1)
+    idx = torch.cat([p.indices for p in parts], 1)
+    top_v, top_p = torch.topk(vals, parts[0].k, dim=1)
+    return top_v, torch.gather(idx, 1, top_p)

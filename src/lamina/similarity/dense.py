@@ -9,7 +9,7 @@ import torch
 
 from lamina.similarity._blocks import available_memory
 from lamina.similarity._errors import MemoryLimitError
-from lamina.similarity._kernel import iter_blocks
+from lamina.similarity._kernel import Block, walk_blocks
 from lamina.similarity.scan import prepare_inputs
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
@@ -56,13 +56,17 @@ def matrix(
     # positions of usable rows inside the output (rows follow the caller's order)
     at_x = _positions(px.rows, rows_x)
     at_y = at_x if py is None else _positions(other.rows, rows_y)
-    for blk in iter_blocks(px, py, size):
-        s = blk.values.cpu().numpy().astype(np_dtype, copy=False)
-        r, c = s.shape
-        ri, ci = at_x[blk.r0 : blk.r0 + r], at_y[blk.c0 : blk.c0 + c]
-        out[np.ix_(ri, ci)] = s
-        if py is None and not blk.diagonal:
-            out[np.ix_(ci, ri)] = s.T
+
+    class Writer:  # each worker writes its blocks into disjoint parts of ``out``
+        def consume(self, blk: Block) -> None:
+            s = blk.values.cpu().numpy().astype(np_dtype, copy=False)
+            r, c = s.shape
+            ri, ci = at_x[blk.r0 : blk.r0 + r], at_y[blk.c0 : blk.c0 + c]
+            out[np.ix_(ri, ci)] = s
+            if py is None and not blk.diagonal:
+                out[np.ix_(ci, ri)] = s.T
+
+    walk_blocks(px, py, size, Writer)
     return out
 
 

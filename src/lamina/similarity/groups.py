@@ -21,7 +21,7 @@ from lamina.similarity._blocks import block_size as pick_block_size
 from lamina.similarity._errors import SimilarityInputError
 from lamina.similarity._group_gram import gram_moments, permuted_within_sums
 from lamina.similarity._group_stream import stream_moments
-from lamina.similarity._hist import ExactHistogram, make_edges
+from lamina.similarity._hist import make_edges
 from lamina.similarity.scan import prepare_inputs
 
 
@@ -148,15 +148,12 @@ def group_stats(
     perm_codes = None
     if n_perm:
         perm_codes = np.stack([codes[rng.permutation(n)] for _ in np.arange(n_perm)])
-    hist = None
-    if bins is not None:
-        hist = ExactHistogram(make_edges(bins, range, px.precision.value),
-                              px.precision.value, px.device)
+    edges = None if bins is None else make_edges(bins, range, px.precision.value)
     streamed: dict[str, np.ndarray] = {}
-    if not use_gram or hist is not None:
+    if not use_gram or edges is not None:
         streamed = stream_moments(
             px, codes, g, pick_block_size(px.device, budget, block_size), sums=not use_gram,
-            perm_codes=None if use_gram else perm_codes, hist=hist, progress=progress,
+            perm_codes=None if use_gram else perm_codes, hist_edges=edges, progress=progress,
         )
     sizes = np.bincount(codes, minlength=g).astype(np.float64)
     count = np.outer(sizes, sizes)
@@ -205,6 +202,6 @@ def group_stats(
                 seconds=time.perf_counter() - t0)
     return GroupStats(
         table=table, summary=summary,
-        histograms=None if hist is None else streamed["hist"][:, 1:-1],
-        edges=None if hist is None else hist.edges, permutation_deltas=perm_deltas, meta=meta,
+        histograms=None if edges is None else streamed["hist"][:, 1:-1],
+        edges=edges, permutation_deltas=perm_deltas, meta=meta,
     )

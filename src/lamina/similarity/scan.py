@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity._accum import Moments, PairCollector, default_max_pairs, to_numpy
+from lamina.similarity._accum import PairGuard, default_max_pairs, to_numpy
 from lamina.similarity._blocks import (
     BOUNDED,
     Prepared,
@@ -27,9 +27,10 @@ from lamina.similarity._blocks import (
     resolve_precision,
     select_rows,
 )
+from lamina.similarity._consume import ScanConsumer, ScanPlan, merge
 from lamina.similarity._errors import SimilarityInputError
-from lamina.similarity._hist import ExactHistogram, make_edges
-from lamina.similarity._kernel import iter_blocks, upper_values
+from lamina.similarity._hist import make_edges
+from lamina.similarity._kernel import walk_blocks
 from lamina.similarity._rescore import (
     candidate_threshold,
     exact_pairs,
@@ -37,7 +38,6 @@ from lamina.similarity._rescore import (
     rescore_topk,
 )
 from lamina.similarity._result import ScanResult
-from lamina.similarity._topk import TopK
 
 
 def prepare_inputs(
@@ -96,6 +96,7 @@ def scan(
     widen: int | None = None,
     block_size: int | None = None,
     memory: int | None = None,
+    workers: int | None = None,
     progress: bool = False,
 ) -> ScanResult:
     """Statistics of all pair values of ``x`` (N, d) (unique pairs i < j), or of ``x`` against
@@ -118,7 +119,8 @@ def scan(
         low-precision values. Euclidean top-k and thresholds are always re-scored from the
         differences (the histogram uses sqrt(|a|^2 + |b|^2 - 2 a.b), like torch.cdist).
     block_size, memory: rows per block and working-memory budget in bytes (default: a
-        quarter of free memory, at most 1 GiB on CPU). progress: a tqdm bar over blocks.
+        quarter of free memory, at most 1 GiB on CPU). workers: threads computing blocks
+        (CPU default: torch's thread count, each single-threaded). progress: a tqdm bar.
     """
     t0 = time.perf_counter()
     px, py, size, budget = prepare_inputs(
@@ -128,7 +130,7 @@ def scan(
     precision, dev = px.precision, px.device
     n_other = other.n - (1 if py is None else 0)
 
-    tk = None
+    plan = ScanPlan(dev, precision.value, px.n, py is None, largest)
     if topk is not None:
         k = check_int(topk, "topk")
         if k > n_other:
@@ -136,65 +138,39 @@ def scan(
                 f"topk={k} is too large: each row has only {n_other} other rows to compare with "
                 f"(rows used: {px.n if py is None else other.n}); pass topk < that."
             )
-        kc = k
+        plan.k = k
         if needs_rescoring(px):
-            kc = min(n_other, widen if widen is not None else max(2 * k, k + 16))
-            kc = max(kc, k)
-        tk = TopK(px.n, kc, dev)
-    hist = None
+            plan.k = max(k, min(n_other, widen if widen is not None else max(2 * k, k + 16)))
     if bins is not None:
-        bounds = (-1.0, 1.0) if metric in BOUNDED else ((0.0, np.inf) if metric == "euclidean"
-                                                         else None)
-        hist = ExactHistogram(make_edges(bins, range, precision.value), precision.value, dev,
-                              bounds)
+        plan.edges = make_edges(bins, range, precision.value)
+        plan.bounds = (-1.0, 1.0) if metric in BOUNDED else (
+            (0.0, np.inf) if metric == "euclidean" else None)
     if groups and (threshold is None or py is not None):
         raise SimilarityInputError("groups=True needs a threshold and no y (self-similarity).")
-    pairs = None
     if threshold is not None:
         limit = default_max_pairs(budget)
         if max_pairs is not None:
             limit = check_int(max_pairs, "max_pairs")
-        cand = None
-        if needs_rescoring(px):
-            cand = candidate_threshold(threshold, threshold_below, px, other)
         note = f"limit {limit:,} pairs, {limit * 20 / 2**20:,.0f} MiB"
-        pairs = PairCollector(threshold, threshold_below, limit, note, cand)
+        plan.guard = PairGuard(float(threshold), threshold_below, limit, note)
+        if needs_rescoring(px):
+            plan.candidate = candidate_threshold(threshold, threshold_below, px, other)
 
-    moments = Moments()
-    masks: dict = {}
-    for blk in iter_blocks(px, py, size, progress):
-        s = blk.values
-        v = upper_values(s, masks) if blk.diagonal else s
-        moments.add(v)
-        if hist is not None:
-            hist.add(v)
-        if pairs is not None:
-            pairs.add(s, blk.r0, blk.c0, blk.diagonal)
-        if tk is not None:
-            if not largest:
-                s.neg_()
-            if blk.diagonal:
-                s.fill_diagonal_(-torch.inf)
-                tk.update_rows(s, blk.r0, blk.c0)
-            else:
-                tk.update_rows(s, blk.r0, blk.c0)
-                if py is None:
-                    tk.update_cols(s, blk.r0, blk.c0)
-
+    consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress)
+    merged = merge(consumers)
     result = ScanResult(
-        metric=metric, count=moments.count, mean=moments.mean, std=moments.std,
-        min=moments.vmin if moments.count else float("nan"),
-        max=moments.vmax if moments.count else float("nan"),
+        metric=metric, count=merged["count"], mean=merged["mean"], std=merged["std"],
+        min=merged["min"], max=merged["max"],
         n_zero=len(px.zero_rows), zero_rows=px.zero_rows,
         n_zero_y=0 if py is None else len(py.zero_rows), largest=largest,
     )
-    if hist is not None:
-        result.counts, result.edges = hist.result(), hist.edges
-        result.below, result.above = hist.below, hist.above
-    if tk is not None:
-        _fill_topk(result, tk, px, other, k, largest, subset, budget)
-    if pairs is not None:
-        _fill_pairs(result, pairs, px, other, budget)
+    if plan.edges is not None:
+        result.counts, result.edges = merged["counts"], plan.edges
+        result.below, result.above = merged["below"], merged["above"]
+    if plan.k is not None:
+        _fill_topk(result, merged["topk"], px, other, k, largest, subset, budget)
+    if plan.guard is not None:
+        _fill_pairs(result, merged["pairs"], plan.guard, px, other, budget)
         if groups:
             from lamina.similarity.duplicates import components
 
@@ -203,21 +179,21 @@ def scan(
         device=str(dev), value_dtype=str(precision.value).replace("torch.", ""),
         matmul_dtype=str(precision.matmul).replace("torch.", ""), fast=precision.fast,
         block_size=size, memory_budget=budget, cached=px.data is not None,
-        n_rows=px.n, n_cols=other.n, seconds=time.perf_counter() - t0,
-        histogram_exact_rebinned=0 if hist is None else hist.n_fixed,
+        workers=len(consumers), n_rows=px.n, n_cols=other.n,
+        seconds=time.perf_counter() - t0, histogram_exact_rebinned=merged.get("n_fixed", 0),
     )
     return result
 
 
 def _fill_topk(
-    result: ScanResult, tk: TopK, px: Prepared, other: Prepared, k: int, largest: bool,
-    subset: Any, budget: int,
+    result: ScanResult, best: tuple[torch.Tensor, torch.Tensor], px: Prepared,
+    other: Prepared, k: int, largest: bool, subset: Any, budget: int,
 ) -> None:
+    vals, idx = best
     if needs_rescoring(px):
-        vals, idx = rescore_topk(px, other, tk.indices, k, largest, budget)
-    else:
-        vals = tk.values if largest else -tk.values
-        idx = tk.indices
+        vals, idx = rescore_topk(px, other, idx, k, largest, budget)
+    elif not largest:
+        vals = -vals
     vals, idx = to_numpy(vals).astype(np.float32), to_numpy(idx)
     rows = select_rows(subset, len(px.source))
     rows = np.arange(len(px.source)) if rows is None else rows
@@ -232,15 +208,16 @@ def _fill_topk(
 
 
 def _fill_pairs(
-    result: ScanResult, pairs: PairCollector, px: Prepared, other: Prepared, budget: int
+    result: ScanResult, pairs: tuple[torch.Tensor, ...], guard: PairGuard, px: Prepared,
+    other: Prepared, budget: int,
 ) -> None:
-    i, j, v = pairs.arrays()
+    i, j, v = pairs
     if needs_rescoring(px) and len(i):
         v = exact_pairs(px, other, i, j, budget)
-        keep = v <= pairs.threshold if pairs.below else v >= pairs.threshold
+        keep = v <= guard.threshold if guard.below else v >= guard.threshold
         i, j, v = i[keep.to(i.device)], j[keep.to(j.device)], v[keep]
     i, j = px.rows[to_numpy(i)], other.rows[to_numpy(j)]
     order = np.lexsort((j, i))
-    result.threshold = pairs.threshold
+    result.threshold = guard.threshold
     result.pairs_i, result.pairs_j = i[order], j[order]
     result.pairs_values = to_numpy(v).astype(np.float32)[order]

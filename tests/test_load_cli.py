@@ -67,3 +67,26 @@ def test_cli_reports_bad_input_without_traceback(gpt2_dir: str) -> None:
     result = CliRunner().invoke(app, ["norms", "--model", gpt2_dir, "--site", "resid_pots.1"])
     assert result.exit_code == 2
     assert "Unknown site" in result.output and "Traceback" not in result.output
+
+
+def test_every_analysis_command_runs_with_model_and_inputs(gpt2_dir: str, tmp_path) -> None:
+    from lamina.corpus import tinyshakespeare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tinyshakespeare()[:30000])
+    runner = CliRunner()
+    commands = {
+        "categories": ["--permutations", "20"],
+        "contexts": ["--corpus", str(corpus), "--target", "king", "--target", "lord",
+                     "--window", "10", "--max-per-target", "20"],
+        "lens": ["--text", "ROMEO: what light"],
+        "pathlength": ["--text", "the cat sat on the mat and looked at the moon"],
+        "alignment": ["--layer", "1", "--head", "0", "--query", "token:the",
+                      "--n-sequences", "20", "--seq-len", "12"],
+    }
+    for command, args in commands.items():
+        out = tmp_path / command
+        result = runner.invoke(app, [command, "--model", gpt2_dir, *args, "--out", str(out)])
+        assert result.exit_code == 0, (command, result.output)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["versions"]["lamina"] and list(out.glob("*.png")), command

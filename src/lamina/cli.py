@@ -200,6 +200,59 @@ def pathlength(
 
 @app.command()
 @_friendly
+def categories(
+    model: ModelOpt = "minilm",
+    words: Annotated[Path | None, typer.Option(
+        help="CSV with columns label,word (default: the notebook's space/furniture/fruit).")
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="e.g. 'I saw the {word}'.")] = None,
+    site: SitesOpt = None,
+    pooling: Annotated[str | None, typer.Option(help="last or mean, for multi-token words.")
+                       ] = None,
+    permutations: int = 1000,
+    out: OutOpt = None,
+) -> None:
+    """Within- vs across-category cosine similarity per layer (t, Welch, d, permutation p)."""
+    from lamina.analyses import categories as run
+
+    result = run(model, str(words) if words else None, template=template,
+                 sites=site or ["hidden.*"], pooling=pooling, permutations=permutations)
+    _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
+                                     "t_welch", "cohens_d", "p_permutation", "centred_delta",
+                                     "baseline_mean"])
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
+def contexts(
+    corpus: Annotated[Path, typer.Option(help="Text file to search.")],
+    target: Annotated[list[str], typer.Option("--target", help="Target word (repeatable).")],
+    model: ModelOpt = "minilm",
+    window: int = 50,
+    max_per_target: int = 1000,
+    seed: int = 0,
+    site: SitesOpt = None,
+    permutations: int = 0,
+    out: OutOpt = None,
+) -> None:
+    """Same word in different contexts: within- vs across-word similarity per layer."""
+    from lamina.analyses import contexts as run
+
+    if not corpus.is_file():
+        raise LaminaError(f"No such corpus file: {corpus}.")
+    result = run(model, corpus, target, window=window, max_per_target=max_per_target,
+                 seed=seed, sites=site or ["hidden.*"], permutations=permutations)
+    _print_frame(result.counts)
+    _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
+                                     "cohens_d", "centred_delta", "baseline_mean"])
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
 def alignment(
     layer: Annotated[int, typer.Option(help="Block of the head.")],
     head: Annotated[int, typer.Option(help="Head index.")],

@@ -2,11 +2,13 @@
 ``plot()`` and ``save(dir)``."""
 
 from lamina.analyses.alignment import AlignmentResult, alignment
+from lamina.analyses.categories import CategoriesResult, categories
+from lamina.analyses.contexts import ContextsResult, contexts
 from lamina.analyses.lens import LensResult, lens
 from lamina.analyses.norms import NormsResult, norms
 from lamina.analyses.pathlength import PathLengthResult, pathlength
 
 __all__ = [
-    "AlignmentResult", "LensResult", "NormsResult", "PathLengthResult",
-    "alignment", "lens", "norms", "pathlength",
+    "AlignmentResult", "CategoriesResult", "ContextsResult", "LensResult", "NormsResult",
+    "PathLengthResult", "alignment", "categories", "contexts", "lens", "norms", "pathlength",
 ]

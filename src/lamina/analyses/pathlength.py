@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 
 from lamina.errors import LaminaError
-from lamina.models import Model, load
+from lamina.models import Model, load, versions
 from lamina.results import Result
 
 TARGETS = ("logit", "logprob", "loss")
@@ -180,5 +180,5 @@ def pathlength(models: Model | str | Mapping[str, Model | str], text: str | list
         pd.concat(targets, ignore_index=True),
         summary=pd.DataFrame(rows),
         meta={"models": {k: load(v).describe() for k, v in models.items()}, "sites": sites,
-              "text": text if isinstance(text, str) else None},
+              "text": text if isinstance(text, str) else None, "versions": versions()},
     )

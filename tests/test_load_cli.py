@@ -77,6 +77,7 @@ def test_every_analysis_command_runs_with_model_and_inputs(gpt2_dir: str, tmp_pa
     runner = CliRunner()
     commands = {
         "categories": ["--permutations", "20"],
+        "embeddings": ["--tokens", "re:^[a-c]", "--probe", "cat,dog"],
         "contexts": ["--corpus", str(corpus), "--target", "king", "--target", "lord",
                      "--window", "10", "--max-per-target", "20"],
         "lens": ["--text", "ROMEO: what light"],

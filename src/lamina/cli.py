@@ -200,6 +200,39 @@ def pathlength(
 
 @app.command()
 @_friendly
+def embeddings(
+    model: ModelOpt = "minilm",
+    tokens: Annotated[str | None, typer.Option(
+        help="all (default), unused, special, re:<regex>, or comma-separated ids.")] = None,
+    which: Annotated[str, typer.Option(help="input or output (a separate unembedding).")
+                     ] = "input",
+    bins: int = 200,
+    topk: int = 10,
+    duplicate_threshold: float = 0.999,
+    probe: Annotated[str | None, typer.Option(help="Two words, comma-separated.")] = None,
+    fast: Annotated[bool, typer.Option(help="bfloat16 products, exact top-k re-scoring.")
+                    ] = False,
+    out: OutOpt = None,
+) -> None:
+    """All-to-all similarity of the embedding matrix over the whole vocabulary."""
+    from lamina.analyses import embeddings as run
+
+    token_spec: object = tokens
+    if tokens and all(part.strip().isdigit() for part in tokens.split(",")):
+        token_spec = [int(p) for p in tokens.split(",")]
+    result = run(model, tokens=token_spec, which=which, bins=bins, topk=topk,
+                 duplicate_threshold=duplicate_threshold, fast=fast,
+                 probe=[w.strip() for w in probe.split(",")] if probe else None)
+    s = result.summary
+    for key in ("n_tokens", "n_pairs", "mean", "std", "min", "max", "n_unused",
+                "unused_unique_values", "n_duplicate_groups"):
+        typer.echo(f"{key:>22}: {s[key]}")
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
 def categories(
     model: ModelOpt = "minilm",
     words: Annotated[Path | None, typer.Option(

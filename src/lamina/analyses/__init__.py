@@ -4,11 +4,13 @@
 from lamina.analyses.alignment import AlignmentResult, alignment
 from lamina.analyses.categories import CategoriesResult, categories
 from lamina.analyses.contexts import ContextsResult, contexts
+from lamina.analyses.embeddings import EmbeddingsResult, embeddings
 from lamina.analyses.lens import LensResult, lens
 from lamina.analyses.norms import NormsResult, norms
 from lamina.analyses.pathlength import PathLengthResult, pathlength
 
 __all__ = [
-    "AlignmentResult", "CategoriesResult", "ContextsResult", "LensResult", "NormsResult",
-    "PathLengthResult", "alignment", "categories", "contexts", "lens", "norms", "pathlength",
+    "AlignmentResult", "CategoriesResult", "ContextsResult", "EmbeddingsResult", "LensResult",
+    "NormsResult", "PathLengthResult", "alignment", "categories", "contexts", "embeddings", "lens",
+    "norms", "pathlength",
 ]

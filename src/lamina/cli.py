@@ -163,6 +163,60 @@ def collect(
 
 @app.command()
 @_friendly
+def similar(
+    store: Annotated[Path, typer.Option(help="Activation store directory.")],
+    query: Annotated[list[str], typer.Option("--query", "-q", help="Query string (repeatable).")],
+    site: Annotated[list[str], typer.Option("--site", "-s", help="Stored site (repeatable).")],
+    model: ModelOpt = "minilm",
+    k: int = 10,
+    threshold: float | None = None,
+    metric: str = "cosine",
+    out: OutOpt = None,
+) -> None:
+    """The stored strings whose activation is most similar to each query's."""
+    from lamina import store as lstore
+    from lamina.analyses import similar_strings
+
+    result = similar_strings(model, lstore.open(store), query, site=site, k=k,
+                             threshold=threshold, metric=metric)
+    _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
+def approximate(
+    store: Annotated[Path, typer.Option(help="Substring store with mlp_out of every block.")],
+    model: ModelOpt = "shakespeare-char",
+    prompts: Annotated[int, typer.Option(help="Stored strings drawn as prompts.")] = 2000,
+    tune: Annotated[int, typer.Option(help="Tuning prompts for fitted thresholds.")] = 500,
+    study: Annotated[bool, typer.Option(help="Use the study's hand-tuned thresholds/weights.")
+                     ] = False,
+    exclude_self: bool = False,
+    seed: int = 1337,
+    out: OutOpt = None,
+) -> None:
+    """Approximate next-token distributions from similar strings (Hellinger distance)."""
+    from lamina import store as lstore
+    from lamina.analyses import approximation
+    from lamina.analyses.approximation import STUDY_THRESHOLDS, STUDY_WEIGHTS
+
+    result = approximation(model, lstore.open(store), prompts, tune=tune, seed=seed,
+                           thresholds=STUDY_THRESHOLDS if study else None,
+                           weights=STUDY_WEIGHTS if study else None, exclude_self=exclude_self)
+    s = result.summary
+    for variant in ("with_self", "without_self"):
+        v = s[variant]
+        typer.echo(f"{variant:>13}: mean {v['mean']:.4f} (std {v['std']:.4f}), "
+                   f"{v['n_below_0.2']}/{s['n_prompts']} below 0.2, {v['n_empty']} empty")
+    typer.echo(f"thresholds {s['thresholds']}, weights {s['weights']}, fitted: {s['fitted']}")
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
+@app.command()
+@_friendly
 def lens(
     text: TextArg,
     model: ModelOpt = "minilm",

@@ -2,15 +2,17 @@
 ``plot()`` and ``save(dir)``."""
 
 from lamina.analyses.alignment import AlignmentResult, alignment
+from lamina.analyses.approximation import ApproximationResult, approximation
 from lamina.analyses.categories import CategoriesResult, categories
 from lamina.analyses.contexts import ContextsResult, contexts
 from lamina.analyses.embeddings import EmbeddingsResult, embeddings
 from lamina.analyses.lens import LensResult, lens
 from lamina.analyses.norms import NormsResult, norms
 from lamina.analyses.pathlength import PathLengthResult, pathlength
+from lamina.analyses.similar_strings import SimilarStringsResult, similar_strings
 
 __all__ = [
-    "AlignmentResult", "CategoriesResult", "ContextsResult", "EmbeddingsResult", "LensResult",
+    "AlignmentResult", "ApproximationResult", "CategoriesResult", "ContextsResult", "EmbeddingsResult", "LensResult",
     "NormsResult", "PathLengthResult", "alignment", "categories", "contexts", "embeddings", "lens",
-    "norms", "pathlength",
+    "norms", "pathlength", "SimilarStringsResult", "approximation", "similar_strings",
 ]

@@ -97,3 +97,20 @@ def test_fitted_thresholds_and_baseline(setup, tmp_path) -> None:
     np.testing.assert_allclose(same, 0, atol=1e-7)
     with pytest.raises(lamina.LaminaError, match="one threshold"):
         approximation(model, store, 3, thresholds=STUDY_THRESHOLDS, weights=STUDY_WEIGHTS)
+
+
+def test_cli_similar_and_approximate(setup) -> None:
+    from typer.testing import CliRunner
+
+    from lamina.cli import app
+
+    model, store, _ = setup
+    runner = CliRunner()
+    result = runner.invoke(app, ["similar", "--model", model.name, "--store", str(store.path),
+                                 "-q", "ROMEO", "-s", "blocks.1.hook_mlp_out", "--k", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("blocks.1.hook_mlp_out") == 3
+    result = runner.invoke(app, ["approximate", "--model", model.name, "--store",
+                                 str(store.path), "--prompts", "10", "--tune", "10"])
+    assert result.exit_code == 0, result.output
+    assert "without_self: mean" in result.output

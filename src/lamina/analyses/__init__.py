@@ -12,7 +12,8 @@ from lamina.analyses.pathlength import PathLengthResult, pathlength
 from lamina.analyses.similar_strings import SimilarStringsResult, similar_strings
 
 __all__ = [
-    "AlignmentResult", "ApproximationResult", "CategoriesResult", "ContextsResult", "EmbeddingsResult", "LensResult",
-    "NormsResult", "PathLengthResult", "alignment", "categories", "contexts", "embeddings", "lens",
-    "norms", "pathlength", "SimilarStringsResult", "approximation", "similar_strings",
+    "AlignmentResult", "ApproximationResult", "CategoriesResult", "ContextsResult",
+    "EmbeddingsResult", "LensResult", "NormsResult", "PathLengthResult", "SimilarStringsResult",
+    "alignment", "approximation", "categories", "contexts", "embeddings", "lens", "norms",
+    "pathlength", "similar_strings",
 ]

@@ -17,42 +17,45 @@ class Moments:
     """Count, sum, centred sum of squares, min and max of streamed values.
 
     Sums of each row of a block are taken in the value dtype and added in float64. Squares are
-    summed about a shift ``K`` (the first block's mean when it is large against its spread), so
-    the variance does not suffer cancellation when all values sit far from zero."""
+    summed about a shift ``K`` (an estimate of the mean when it is large against the spread;
+    by default the first block's), so the variance does not suffer cancellation when all
+    values sit far from zero."""
 
-    def __init__(self) -> None:
+    def __init__(self, shift: float | None = None) -> None:
         self.count = 0
         self.total = 0.0
         self.sq = 0.0
-        self.shift: float | None = None
+        self.shift = shift
         self.vmin = math.inf
         self.vmax = -math.inf
         self._buf: torch.Tensor | None = None
 
     def add(self, v: torch.Tensor) -> None:
+        """Add the values ``v`` (1-D, or 2-D possibly strided)."""
         n = v.numel()
         if n == 0:
             return
         if self.shift is None:
             v64 = v.to(torch.float64)
             mean, sd = float(v64.mean()), float(v64.std(correction=0))
-            self.shift = mean if abs(mean) > 2 * sd else 0.0
+            self.shift = mean if abs(mean) > 4 * sd else 0.0
         self.count += n
-        self.total += float(v.sum(-1).to(torch.float64).sum())
+        rows = v if v.dim() == 2 else v.view(1, -1)
         if self.shift:
             if self._buf is None or self._buf.numel() < n:
                 self._buf = torch.empty(n, dtype=v.dtype, device=v.device)
-            w = torch.sub(v, self.shift, out=self._buf[:n].view(v.shape))
+            w = torch.sub(rows, self.shift, out=self._buf[:n].view(rows.shape))
         else:
-            w = v
-        if w.dim() == 2:  # per-row norms are accurate; a 1-D norm accumulates in float32
-            sq = torch.linalg.vector_norm(w, dim=1).to(torch.float64).square().sum()
-        else:
+            w = rows
+        if rows.shape[0] > 1:  # per-row sums in the value dtype are accurate; add in float64
+            self.total += float(rows.sum(1).sum(dtype=torch.float64))
+            sq = torch.linalg.vector_norm(w, dim=1).square().sum(dtype=torch.float64)
+        else:  # one long row: let the reductions accumulate in float64
+            self.total += float(rows.sum(dtype=torch.float64))
             sq = w.square().sum(dtype=torch.float64)
         self.sq += float(sq)
-        lo, hi = torch.aminmax(v)
-        self.vmin = min(self.vmin, float(lo))
-        self.vmax = max(self.vmax, float(hi))
+        self.vmin = min(self.vmin, float(rows.amin(1).min()))
+        self.vmax = max(self.vmax, float(rows.amax(1).max()))
 
     def parts(self) -> tuple[int, float, float]:
         """(count, sum, sum of squared deviations from this part's mean)."""

@@ -16,7 +16,7 @@ from lamina.similarity._accum import (
     merge_pairs,
 )
 from lamina.similarity._hist import ExactHistogram
-from lamina.similarity._kernel import Block, upper_values
+from lamina.similarity._kernel import Block, upper_pieces
 from lamina.similarity._topk import TopK, merge_topk
 
 
@@ -33,8 +33,10 @@ class ScanPlan:
     edges: np.ndarray | None = None
     bounds: tuple[float, float] | None = None
     k: int | None = None
+    bound: torch.Tensor | None = None
     guard: PairGuard | None = None
     candidate: float | None = None
+    shift: float | None = None
 
 
 class ScanConsumer:
@@ -43,20 +45,22 @@ class ScanConsumer:
 
     def __init__(self, plan: ScanPlan) -> None:
         self.plan = plan
-        self.moments = Moments()
+        self.moments = Moments(plan.shift)
         self.hist = None
         if plan.edges is not None:
             self.hist = ExactHistogram(plan.edges, plan.value, plan.device, plan.bounds)
         self.pairs = None if plan.guard is None else PairCollector(plan.guard, plan.candidate)
-        self.topk = None if plan.k is None else TopK(plan.n_rows, plan.k, plan.device)
+        self.topk = None
+        if plan.k is not None:
+            self.topk = TopK(plan.n_rows, plan.k, plan.device, bound=plan.bound)
         self.masks: dict = {}
 
     def consume(self, blk: Block) -> None:
         s = blk.values
-        v = upper_values(s, self.masks) if blk.diagonal else s
-        self.moments.add(v)
-        if self.hist is not None:
-            self.hist.add(v)
+        for v in upper_pieces(s, self.masks) if blk.diagonal else [s]:
+            self.moments.add(v)
+            if self.hist is not None:
+                self.hist.add(v)
         if self.pairs is not None:
             self.pairs.add(s, blk.r0, blk.c0, blk.diagonal)
         if self.topk is not None:

@@ -52,16 +52,16 @@ class Block:
 
 
 def block_pairs(n_x: int, n_y: int | None, size: int) -> list[tuple[int, int, int, int]]:
-    """(r0, r1, c0, c1) of every block pair: the upper triangle when ``n_y`` is None."""
+    """(r0, r1, c0, c1) of every block pair: the upper triangle when ``n_y`` is None, with the
+    diagonal blocks first (every row then has a k-th best to filter the other blocks with)."""
     starts_x = list(range(0, n_x, size))
-    out = []
-    for r0 in starts_x:
-        r1 = min(r0 + size, n_x)
-        if n_y is None:
-            out += [(r0, r1, c0, min(c0 + size, n_x)) for c0 in starts_x if c0 >= r0]
-        else:
-            out += [(r0, r1, c0, min(c0 + size, n_y)) for c0 in range(0, n_y, size)]
-    return out
+    if n_y is not None:
+        return [(r0, min(r0 + size, n_x), c0, min(c0 + size, n_y))
+                for r0 in starts_x for c0 in range(0, n_y, size)]
+    diagonal = [(r0, min(r0 + size, n_x), r0, min(r0 + size, n_x)) for r0 in starts_x]
+    rest = [(r0, min(r0 + size, n_x), c0, min(c0 + size, n_x))
+            for r0 in starts_x for c0 in starts_x if c0 > r0]
+    return diagonal + rest
 
 
 class _Walk:
@@ -156,6 +156,17 @@ def walk_blocks(
     finally:
         if bar is not None:
             bar.close()
+
+
+def upper_pieces(s: torch.Tensor, mask_cache: dict, leaf: int = 256) -> list[torch.Tensor]:
+    """The strictly upper triangle of a square block as pieces: off-diagonal rectangles (2-D
+    views, no copy) and small flat triangles, recursively halving the diagonal."""
+    n = s.shape[0]
+    if n <= leaf:
+        return [upper_values(s, mask_cache)] if n > 1 else []
+    h = (n // 2 + 63) // 64 * 64 if n > 128 else n // 2
+    return [*upper_pieces(s[:h, :h], mask_cache, leaf), s[:h, h:],
+            *upper_pieces(s[h:, h:], mask_cache, leaf)]
 
 
 def upper_values(s: torch.Tensor, mask_cache: dict) -> torch.Tensor:

@@ -73,3 +73,20 @@ def candidate_threshold(
         t2 = threshold * threshold
         return math.sqrt(t2 + err2) if below else math.sqrt(max(t2 - err2, 0.0))
     return threshold + err if below else threshold - err
+
+
+def estimate_shift(px: Prepared, py: Prepared | None, budget: int, n: int = 4096) -> float:
+    """A shift for summing squares: the mean of ``n`` random pairs (seeded) when it is large
+    against their spread, else 0."""
+    gen = torch.Generator().manual_seed(0)
+    other = px if py is None else py
+    i = torch.randint(0, px.n, (n,), generator=gen)
+    j = torch.randint(0, other.n, (n,), generator=gen)
+    if py is None:
+        keep = i != j
+        i, j = i[keep], j[keep]
+    if len(i) == 0:
+        return 0.0
+    v = exact_pairs(px, other, i, j, budget).to(torch.float64)
+    mean, sd = float(v.mean()), float(v.std(correction=0))
+    return mean if abs(mean) > 4 * sd else 0.0

@@ -33,6 +33,7 @@ from lamina.similarity._hist import make_edges
 from lamina.similarity._kernel import walk_blocks
 from lamina.similarity._rescore import (
     candidate_threshold,
+    estimate_shift,
     exact_pairs,
     needs_rescoring,
     rescore_topk,
@@ -130,7 +131,8 @@ def scan(
     precision, dev = px.precision, px.device
     n_other = other.n - (1 if py is None else 0)
 
-    plan = ScanPlan(dev, precision.value, px.n, py is None, largest)
+    plan = ScanPlan(dev, precision.value, px.n, py is None, largest,
+                    shift=estimate_shift(px, py, budget))
     if topk is not None:
         k = check_int(topk, "topk")
         if k > n_other:
@@ -141,6 +143,7 @@ def scan(
         plan.k = k
         if needs_rescoring(px):
             plan.k = max(k, min(n_other, widen if widen is not None else max(2 * k, k + 16)))
+        plan.bound = torch.full((px.n,), -torch.inf, device=dev)  # shared by the workers
     if bins is not None:
         plan.edges = make_edges(bins, range, precision.value)
         plan.bounds = (-1.0, 1.0) if metric in BOUNDED else (

@@ -43,7 +43,7 @@ def test_training_lowers_the_loss(trained: Path) -> None:
     assert log["train_loss"].iloc[0] == pytest.approx(math.log(vocab), abs=0.3)
     assert last_val < first_val - 0.3
     card = (trained / "MODEL_CARD.md").read_text()
-    assert "parameters" in card and "held-out loss" in card and "loss_curve.png" in card
+    assert "parameters" in card and "final validation loss" in card and "loss_curve.png" in card
     assert (trained / "loss_curve.png").exists()
 
 

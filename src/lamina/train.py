@@ -222,6 +222,8 @@ def train_char_lm(
         step, log = _load_checkpoint(ckpt, model, opt)
     if not log:
         log = [{"config": asdict(cfg), "chars": "".join(chars), "device": device}]
+    if command:
+        log[0].setdefault("commands", []).append(command)
     started = time.time() - sum(r.get("seconds", 0.0) for r in log[1:])
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")

@@ -55,6 +55,12 @@ def _print_frame(frame: Any, columns: list[str] | None = None) -> None:
         typer.echo(frame[columns] if columns else frame)
 
 
+def _save(result: Any, out: Path | None) -> None:
+    """Write a result's tables, figures and summary.json when --out was given."""
+    if out:
+        typer.echo(f"wrote {result.save(out)}")
+
+
 @app.command()
 @_friendly
 def sites(model: ModelOpt = "minilm") -> None:
@@ -89,8 +95,7 @@ def norms(
     )
     _print_frame(result.to_frame(), ["site", "layer", "n", "mean_norm", "std_norm", "cv"])
     typer.echo("\n" + result.summary["conclusion"])
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -180,8 +185,7 @@ def similar(
     result = similar_strings(model, lstore.open(store), query, site=site, k=k,
                              threshold=threshold, metric=metric)
     _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -211,8 +215,7 @@ def approximate(
         typer.echo(f"{variant:>13}: mean {v['mean']:.4f} (std {v['std']:.4f}), "
                    f"{v['n_below_0.2']}/{s['n_prompts']} below 0.2, {v['n_empty']} empty")
     typer.echo(f"thresholds {s['thresholds']}, weights {s['weights']}, fitted: {s['fitted']}")
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -231,8 +234,7 @@ def lens(
     last = frame[frame["position"] == frame["position"].max() - 1]
     _print_frame(last, ["label", "token", "next_token", "top_token", "top_prob",
                         "next_token_prob", "next_token_rank"])
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -248,8 +250,7 @@ def pathlength(
 
     result = run({m: m for m in model}, _text(text), sites=sites)
     _print_frame(result.summary)
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -281,8 +282,7 @@ def embeddings(
     for key in ("n_tokens", "n_pairs", "mean", "std", "min", "max", "n_unused",
                 "unused_unique_values", "n_duplicate_groups"):
         typer.echo(f"{key:>22}: {s[key]}")
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -307,8 +307,7 @@ def categories(
     _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
                                      "t_welch", "cohens_d", "p_permutation", "centred_delta",
                                      "baseline_mean"])
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -334,8 +333,7 @@ def contexts(
     _print_frame(result.counts)
     _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
                                      "cohens_d", "centred_delta", "baseline_mean"])
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()
@@ -361,8 +359,7 @@ def alignment(
     typer.echo(f"query: {result.meta['query']}\nvocabulary, each token alone at position 0: "
                f"mean {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f})")
     _print_frame(result.summary)
-    if out:
-        typer.echo(f"wrote {result.save(out)}")
+    _save(result, out)
 
 
 @app.command()

@@ -197,32 +197,39 @@ def select_rows(
 
 
 # --------------------------------------------------------------------------- preparation
-def prep_rows(raw: torch.Tensor, metric: str, value: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Prepare raw rows (n, d) for ``metric`` in float64, cast to ``value``.
+def prep_rows(
+    raw: torch.Tensor, metric: str, value: torch.dtype, ids: np.ndarray | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Prepare raw rows (n, d) for ``metric`` in ``value`` (norms and centring in float64).
     Returns ``(u, keep, sqnorm)``: prepared rows (n, d), a mask of usable rows (n,), and for
-    dot and euclidean the squared norms (n,) (else an empty tensor)."""
-    x = raw.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
+    dot and euclidean the squared norms (n,) (else an empty tensor). ``ids`` name the rows in
+    errors."""
+    x = raw if raw.dtype in (torch.float32, torch.float64) else raw.to(value)
+    # one cheap reduction; only if it is not finite look for the culprit
+    if not bool(torch.isfinite(x.sum(dtype=torch.float64))) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
         raise SimilarityInputError(
-            f"input row {bad} (of this block) contains NaN or infinite values; drop or fill "
-            "such rows (or pass subset=) before computing similarities."
+            f"row {bad if ids is None else int(ids[bad])} contains NaN or infinite values; drop "
+            "or fill such rows (or pass subset=) before computing similarities."
         )
     empty = x.new_empty(0, dtype=value)
     if metric in ("dot", "euclidean"):
-        u = x.to(value)
+        sq = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
         keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        return u, keep, u.to(torch.float64).square().sum(1).to(value)
+        return x.to(value), keep, sq.to(value)
     if metric == "correlation":
+        x = x.to(torch.float64)
         scale = torch.linalg.vector_norm(x, dim=1)
         x = x - x.mean(1, keepdim=True)
         norm = torch.linalg.vector_norm(x, dim=1)
         keep = norm > 1e-12 * scale  # constant rows have no correlation
     else:
-        norm = torch.linalg.vector_norm(x, dim=1)
+        norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
         keep = norm > 0
-    u = (x / torch.where(keep, norm, 1.0)[:, None]).to(value)
-    return u, keep, empty
+    inv = 1.0 / torch.where(keep, norm, 1.0)
+    if value == torch.float64 or x.dtype == torch.float64 or float(inv.max()) > 1e30:
+        return (x.to(torch.float64) * inv[:, None]).to(value), keep, empty
+    return x.to(value) * inv.to(value)[:, None], keep, empty
 
 
 @dataclass
@@ -263,7 +270,7 @@ class Prepared:
             raw = self.source.read(int(ids[0]), int(ids[-1]) + 1)
         else:
             raw = self.source.take(ids)
-        u, _, _ = prep_rows(raw.to(self.device), self.metric, self.precision.value)
+        u, _, _ = prep_rows(raw.to(self.device), self.metric, self.precision.value, ids)
         return u
 
     def block(self, p0: int, p1: int, matmul: bool = False) -> torch.Tensor:
@@ -307,7 +314,7 @@ def prepare(
             raw = source.read(int(sel[0]), int(sel[-1]) + 1)
         else:
             raw = source.take(sel)
-        u, keep, sq = prep_rows(raw.to(device), metric, precision.value)
+        u, keep, sq = prep_rows(raw.to(device), metric, precision.value, sel)
         keeps.append(keep.cpu().numpy())
         if metric in ("dot", "euclidean"):
             sqs.append(sq[keep])

@@ -53,7 +53,12 @@ def test_scan_matches_the_dense_matrix(problem, bins, largest):
         with pytest.raises(LaminaError, match="at least 2 rows"):
             sim.scan(x, metric=metric, subset=subset)
         return
-    m = sim.matrix(x, metric=metric, block_size=block)[np.ix_(rows, rows)]  # float32
+    # the same rows and block size as the scan: the same products, the same float32 values
+    m = sim.matrix(x, metric=metric, subset=subset, block_size=block)
+    order = np.arange(len(x)) if subset is None else np.flatnonzero(subset) if np.asarray(
+        subset).dtype == bool else np.asarray(subset)
+    at = {r: p for p, r in enumerate(order)}
+    m = m[np.ix_([at[r] for r in rows], [at[r] for r in rows])]
     i, j, vals = upper(m)
     lo, hi = (-1.0, 1.0) if metric in ("cosine", "correlation") else (
         float(vals.min()) - 0.5, float(vals.max()) + 0.5)

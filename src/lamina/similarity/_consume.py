@@ -15,7 +15,7 @@ from lamina.similarity._accum import (
     merge_moments,
     merge_pairs,
 )
-from lamina.similarity._hist import ExactHistogram
+from lamina.similarity._hist import ExactHistogram, PatternCounts
 from lamina.similarity._kernel import Block, upper_pieces
 from lamina.similarity._topk import TopK, merge_topk
 
@@ -37,6 +37,8 @@ class ScanPlan:
     guard: PairGuard | None = None
     candidate: float | None = None
     shift: float | None = None
+    patterns: torch.dtype | None = None  # fast mode: moments and histogram from bit patterns
+    bounded: bool = False
 
 
 class ScanConsumer:
@@ -47,7 +49,10 @@ class ScanConsumer:
         self.plan = plan
         self.moments = Moments(plan.shift)
         self.hist = None
-        if plan.edges is not None:
+        self.patterns = None
+        if plan.patterns is not None:
+            self.patterns = PatternCounts(plan.patterns, plan.device)
+        elif plan.edges is not None:
             self.hist = ExactHistogram(plan.edges, plan.value, plan.device, plan.bounds)
         self.pairs = None if plan.guard is None else PairCollector(plan.guard, plan.candidate)
         self.topk = None
@@ -57,10 +62,14 @@ class ScanConsumer:
 
     def consume(self, blk: Block) -> None:
         s = blk.values
-        for v in upper_pieces(s, self.masks) if blk.diagonal else [s]:
-            self.moments.add(v)
-            if self.hist is not None:
-                self.hist.add(v)
+        if self.patterns is not None and blk.low is not None:
+            for v in upper_pieces(blk.low, self.masks) if blk.diagonal else [blk.low]:
+                self.patterns.add(v)
+        else:
+            for v in upper_pieces(s, self.masks) if blk.diagonal else [s]:
+                self.moments.add(v)
+                if self.hist is not None:
+                    self.hist.add(v)
         if self.pairs is not None:
             self.pairs.add(s, blk.r0, blk.c0, blk.diagonal)
         if self.topk is not None:
@@ -77,7 +86,13 @@ class ScanConsumer:
 
 def merge(consumers: list[ScanConsumer]) -> dict[str, Any]:
     """Moments, histogram counts, pairs and top-k of all workers."""
-    out: dict[str, Any] = merge_moments([c.moments for c in consumers])
+    plan = consumers[0].plan
+    if consumers[0].patterns is not None:
+        counts = sum(c.patterns.counts for c in consumers).cpu().numpy()
+        out: dict[str, Any] = PatternCounts.summarise(counts, plan.patterns, plan.bounded,
+                                                      plan.edges)
+    else:
+        out = merge_moments([c.moments for c in consumers])
     if consumers[0].hist is not None:
         counts = sum(c.hist.counts for c in consumers)
         out["counts"] = counts[1:-1].cpu().numpy()

@@ -161,3 +161,49 @@ class ExactHistogram:
         if n2 < q.numel():
             counts[int(q[-1])] += 1
         return counts
+
+
+class PatternCounts:
+    """Fast mode: counts of every 16-bit pattern of bfloat16/float16 pair values. One bincount
+    per block gives the exact histogram and moments of those low-precision values."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype = dtype
+        self.counts = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+        self._q: torch.Tensor | None = None
+
+    def add(self, v: torch.Tensor) -> None:
+        """Count the values ``v`` (1-D, or 2-D possibly strided) of dtype ``self.dtype``."""
+        n = v.numel()
+        if self._q is None or self._q.numel() < n:
+            self._q = torch.empty(n, dtype=torch.int32, device=v.device)
+        q = self._q[:n]
+        q.view(v.shape).copy_(v.view(torch.uint16))  # the bit patterns, 0..65535
+        self.counts += torch.bincount(q, minlength=1 << 16)
+
+    @staticmethod
+    def summarise(counts: np.ndarray, dtype: torch.dtype, bounded: bool,
+                  edges: np.ndarray | None) -> dict:
+        """Moments (count, mean, std, min, max) and, with ``edges``, the histogram (numpy's
+        rules) of the values whose patterns were counted."""
+        bits = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16))
+        values = bits.view(dtype).to(torch.float64).numpy()
+        if bounded:
+            values = np.clip(values, -1.0, 1.0)
+        used = np.flatnonzero(counts)
+        c, v = counts[used].astype(np.float64), values[used]
+        total = float(c.sum())
+        out: dict = {"count": int(total)}
+        if total:
+            mean = float((c * v).sum() / total)
+            out.update(mean=mean, std=float(np.sqrt((c * (v - mean) ** 2).sum() / total)),
+                       min=float(v.min()), max=float(v.max()))
+        else:
+            out.update(mean=np.nan, std=np.nan, min=np.nan, max=np.nan)
+        if edges is not None:
+            k = np.searchsorted(edges, v, side="right")  # edges <= v
+            k[v == edges[-1]] = len(edges) - 1  # numpy's closed last bin
+            binned = np.bincount(k, weights=c, minlength=len(edges) + 1)
+            out["counts"] = np.rint(binned[1:-1]).astype(np.int64)
+            out["below"], out["above"] = int(round(binned[0])), int(round(binned[-1]))
+        return out

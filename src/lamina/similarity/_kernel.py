@@ -24,15 +24,19 @@ def pair_values(
     sq_a: torch.Tensor | None = None,
     sq_b: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    low_out: list | None = None,
 ) -> torch.Tensor:
     """Values (R, C) of ``metric`` between prepared rows ``a`` (R, d) and ``b`` (C, d).
     Products run in ``a.dtype``; results are in ``value``. Cosine and correlation are clamped to
-    [-1, 1]; euclidean is ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``."""
+    [-1, 1]; euclidean is ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``. When products run in lower
+    precision, their raw result is appended to ``low_out``."""
     if a.dtype == value:
         s = torch.mm(a, b.T, out=out) if out is not None else torch.mm(a, b.T)
     else:
         low = torch.mm(a, b.T)
         s = out.copy_(low) if out is not None else low.to(value)
+        if low_out is not None:
+            low_out.append(low)
     if metric in BOUNDED:
         s.clamp_(-1.0, 1.0)
     elif metric == "euclidean":
@@ -49,6 +53,7 @@ class Block:
     r0: int
     c0: int
     diagonal: bool
+    low: torch.Tensor | None = None  # fast mode: the low-precision products
 
 
 def block_pairs(n_x: int, n_y: int | None, size: int) -> list[tuple[int, int, int, int]]:
@@ -100,13 +105,14 @@ def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Wa
                 a, cur = px.block(r0, r1, matmul=fast), r0
             b = a if (self_pairs and c0 == r0) else other.block(c0, c1, matmul=fast)
             out = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            low: list = []
             s = pair_values(
                 a, b, px.metric, value,
                 px.sqnorm[r0:r1] if euclid else None,
                 other.sqnorm[c0:c1] if euclid else None,
-                out=out,
+                out=out, low_out=low if fast else None,
             )
-            consumer.consume(Block(s, r0, c0, self_pairs and c0 == r0))
+            consumer.consume(Block(s, r0, c0, self_pairs and c0 == r0, low[0] if low else None))
             walk.done()
     except BaseException:
         walk.failed = True

@@ -53,13 +53,9 @@ class TopK:
         # (k entries of this block reach that)
         floor = torch.nextafter(self.bound[start : start + n_lists], _INF)
         if n_chunks > self.k and int((cmax >= floor[:, None]).sum()) > self.k * n_lists // 2:
-            # dense: the k chunks with the largest maxima of every list hold its top k
-            best = torch.topk(cmax, self.k, dim=1, sorted=False).indices  # (L, k)
-            lists = torch.arange(n_lists, device=cmax.device)[:, None].expand(-1, self.k)
-            vals = gather(lists.reshape(-1), best.reshape(-1)).view(n_lists, self.k * c)
-            v, p = torch.topk(vals, self.k, dim=1, sorted=False)
-            cols = torch.gather(best, 1, p // c) * c + p % c + offset
-            return self._merge(slice(start, start + n_lists), v, cols)
+            # many candidates: also require >= the k-th largest chunk maximum of the list
+            kth = torch.topk(cmax, self.k, dim=1, sorted=False).values.amin(1)
+            floor = torch.maximum(floor, kth)
         idx = (cmax >= floor[:, None]).nonzero()  # (m, 2): list, chunk; sorted by list
         if len(idx) == 0:
             return
@@ -71,14 +67,14 @@ class TopK:
         # lay the entries of each list side by side, padded with -inf, and merge
         uniq, counts = torch.unique_consecutive(who, return_counts=True)
         width = int(counts.max())
-        if width > self.k:  # keep each list's best k entries only: sort by list, value desc
+        if width > 4 * self.k:  # keep each list's best k entries only: sort by list, value desc
             order = torch.argsort(cand_v, descending=True, stable=True)
             order = order[torch.argsort(who[order], stable=True)]
             who, cand_v, cand_i = who[order], cand_v[order], cand_i[order]
         starts = torch.cumsum(counts, 0) - counts
         seg = torch.repeat_interleave(torch.arange(len(uniq), device=who.device), counts)
         slot = torch.arange(len(who), device=who.device) - starts[seg]
-        if width > self.k:
+        if width > 4 * self.k:
             keep = slot < self.k
             seg, slot, cand_v, cand_i = seg[keep], slot[keep], cand_v[keep], cand_i[keep]
             width = self.k

@@ -132,7 +132,9 @@ def scan(
     n_other = other.n - (1 if py is None else 0)
 
     plan = ScanPlan(dev, precision.value, px.n, py is None, largest,
-                    shift=estimate_shift(px, py, budget))
+                    shift=estimate_shift(px, py, budget), bounded=metric in BOUNDED)
+    if precision.fast and precision.matmul.itemsize == 2 and metric != "euclidean":
+        plan.patterns = precision.matmul
     if topk is not None:
         k = check_int(topk, "topk")
         if k > n_other:

@@ -79,7 +79,10 @@ def test_unused_tokens_form_one_duplicate_group_at_high_similarity(embeddings, b
     assert [g.tolist() for g in dups.groups] == [g.tolist() for g in expected]
     biggest = max(dups.groups, key=len)
     assert np.char.startswith(vocab[biggest], "[unused").sum() >= 990  # of the 998
-    assert len(dups.pairs) == pick.sum()
+    # the linking pairs are exactly those whose float32 value (the engine's) reaches 0.8
+    engine = sim.matrix(embeddings[:N_SUB])[i, j]
+    assert len(dups.pairs) == (engine >= np.float32(threshold)).sum()
+    assert abs(len(dups.pairs) - pick.sum()) <= np.sum(np.abs(v - threshold) < 1e-6)
 
 
 def test_group_statistics_of_token_kinds(embeddings, brute, vocab):

@@ -206,7 +206,7 @@ def prep_rows(
     errors."""
     x = raw if raw.dtype in (torch.float32, torch.float64) else raw.to(value)
     # one cheap reduction; only if it is not finite look for the culprit
-    if not bool(torch.isfinite(x.sum(dtype=torch.float64))) and not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
         raise SimilarityInputError(
             f"row {bad if ids is None else int(ids[bad])} contains NaN or infinite values; drop "
@@ -224,12 +224,16 @@ def prep_rows(
         norm = torch.linalg.vector_norm(x, dim=1)
         keep = norm > 1e-12 * scale  # constant rows have no correlation
     else:
-        norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+        wide = value == torch.float64 or x.dtype == torch.float64
+        norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64 if wide else None)
+        if not wide and not bool(torch.isfinite(norm).all()):
+            norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)  # huge values
         keep = norm > 0
-    inv = 1.0 / torch.where(keep, norm, 1.0)
-    if value == torch.float64 or x.dtype == torch.float64 or float(inv.max()) > 1e30:
-        return (x.to(torch.float64) * inv[:, None]).to(value), keep, empty
-    return x.to(value) * inv.to(value)[:, None], keep, empty
+    safe = torch.where(keep, norm, 1.0)
+    if value == torch.float64 or x.dtype == torch.float64 or not bool(
+            torch.isfinite(safe.to(value)).all()):
+        return (x.to(torch.float64) / safe.to(torch.float64)[:, None]).to(value), keep, empty
+    return x.to(value) / safe.to(value)[:, None], keep, empty
 
 
 @dataclass
@@ -283,7 +287,10 @@ class Prepared:
     def take(self, positions: torch.Tensor) -> torch.Tensor:
         """Prepared rows (value dtype) at arbitrary ``positions`` (any shape) -> (*shape, d)."""
         flat = positions.reshape(-1)
-        if self.data is not None:
+        if self.data is not None and self.device.type == "cpu":  # numpy's take is faster
+            rows = np.take(self.data.numpy(), flat.cpu().numpy(), axis=0)
+            out = torch.from_numpy(rows)
+        elif self.data is not None:
             out = self.data.index_select(0, flat.to(self.device))
         else:
             uniq, inverse = torch.unique(flat.cpu(), return_inverse=True)
@@ -307,7 +314,12 @@ def prepare(
     item = precision.value.itemsize + (precision.matmul.itemsize if precision.fast else 0)
     cache = len(ids) * d * item <= budget // 2
     chunk = max(64, min(chunk, budget // max(1, 32 * d)))
-    parts, parts_mm, keeps, sqs = [], [], [], []
+    keeps, sqs = [], []
+    data = data_mm = None
+    if cache:  # filled in place; rows of zero vectors are dropped at the end
+        data = torch.empty(len(ids), d, dtype=precision.value, device=device)
+        if precision.fast:
+            data_mm = torch.empty(len(ids), d, dtype=precision.matmul, device=device)
     for s in range(0, len(ids), chunk):
         sel = ids[s : s + chunk]
         if sel[-1] - sel[0] == len(sel) - 1:
@@ -319,15 +331,16 @@ def prepare(
         if metric in ("dot", "euclidean"):
             sqs.append(sq[keep])
         if cache:
-            u = u[keep] if not bool(keep.all()) else u
-            parts.append(u)
-            if precision.fast:
-                parts_mm.append(u.to(precision.matmul))
+            data[s : s + len(sel)] = u
+            if data_mm is not None:
+                data_mm[s : s + len(sel)] = u
     keep_all = np.concatenate(keeps)
     rows, zero_rows = ids[keep_all], ids[~keep_all]
     sqnorm = torch.cat(sqs) if sqs else torch.empty(0, dtype=precision.value, device=device)
-    data = torch.cat(parts) if cache and parts else None
-    data_mm = torch.cat(parts_mm) if cache and parts_mm else None
+    if cache and len(zero_rows):
+        keep_t = torch.as_tensor(keep_all, device=device)
+        data = data[keep_t]
+        data_mm = None if data_mm is None else data_mm[keep_t]
     return Prepared(source, metric, precision, device, rows, zero_rows, data, data_mm, sqnorm)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from lamina.similarity._blocks import BOUNDED, Prepared
@@ -21,8 +22,19 @@ def _values(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "euclidean":
         diff = a.to(torch.float64) - b.to(torch.float64)
         return torch.linalg.vector_norm(diff, dim=-1).to(a.dtype)
-    dots = (a * b).sum(-1)
+    if a.device.type == "cpu" and a.dim() == 2:
+        dots = torch.from_numpy(np.einsum("nd,nd->n", a.numpy(), b.numpy()))
+    else:
+        dots = (a * b).sum(-1)
     return dots.clamp_(-1.0, 1.0) if metric in BOUNDED else dots
+
+
+def _batched_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(r, k) dot products of rows ``a`` (r, d) with ``b`` (r, k, d). On CPU numpy's batched
+    matmul is an order of magnitude faster than torch.bmm for these thin batches."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(np.matmul(b.numpy(), a.numpy()[:, :, None])[:, :, 0])
+    return torch.bmm(b, a[:, :, None])[:, :, 0]
 
 
 def exact_pairs(px: Prepared, py: Prepared, i: torch.Tensor, j: torch.Tensor, budget: int):
@@ -50,7 +62,7 @@ def rescore_topk(
         if px.metric == "euclidean":
             v = _values(a[:, None, :], b, px.metric)
         else:
-            v = torch.bmm(b, a[:, :, None])[:, :, 0]
+            v = _batched_dots(a, b)
             v = v.clamp_(-1.0, 1.0) if px.metric in BOUNDED else v
         top_v, top_p = torch.topk(v, k, dim=1, largest=largest)
         vals.append(top_v)

@@ -149,13 +149,13 @@ def _grouped(n: int, d: int = 768):
     return x, labels.numpy()
 
 
-def child_groups(n: int, permutations: int = 0) -> dict:
+def child_groups(n: int, permutations: int = 0, dtype: str = "float64") -> dict:
     import lamina.similarity as sim
 
     x, labels = _grouped(n)
     base = _rss_kib()
     t = time.perf_counter()
-    res = sim.group_stats(x, labels, permutations=permutations)
+    res = sim.group_stats(x, labels, permutations=permutations, dtype=dtype)
     return {"seconds": time.perf_counter() - t, "delta": res.delta, "t": res.t,
             "method": res.summary["method"], "base_kib": base}
 
@@ -186,7 +186,7 @@ def child_main(task: str, args: list[str]) -> None:
 
     if task.startswith(("groups", "pairwise")):
         base = _rss_kib()
-        out = {"groups": lambda: child_groups(int(args[0]), int(args[1])),
+        out = {"groups": lambda: child_groups(int(args[0]), int(args[1]), args[2]),
                "pairwise": lambda: child_pairwise(int(args[0]))}[task]()
         base = out.pop("base_kib", base)
     else:
@@ -297,8 +297,9 @@ def main() -> None:
     sub = [2000, 4000] if args.quick else [4000, 8000]
     pair = [run_child("pairwise", s) for s in sub]
     results["groups"] = {
-        "lamina": run_child("groups", 100_000, 0),
-        "lamina_100_permutations": run_child("groups", 100_000, 100),
+        "lamina": run_child("groups", 100_000, 0, "float64"),
+        "lamina_float32": run_child("groups", 100_000, 0, "float32"),
+        "lamina_100_permutations": run_child("groups", 100_000, 100, "float64"),
         "pairwise_sub": dict(zip(map(str, sub), pair, strict=True)),
         "pairwise_extrapolated": pair[-1]["seconds"] * (100_000 / sub[-1]) ** 2,
     }
@@ -342,14 +343,24 @@ def table(res: dict) -> str:
                   f"{100 * q['hist_max_bin_rel']:.2f}%.", ""]
     g = res["groups"]
     lam, perm = g["lamina"]["seconds"], g["lamina_100_permutations"]["seconds"]
+    f32 = g["lamina_float32"]["seconds"]
+    pw = g["pairwise_extrapolated"]
     lines += ["**group statistics** - 100,000 x 768, 3 groups", "",
-              "| method | seconds | x lamina |", "|---|---:|---:|",
-              f"| lamina group_stats (Gram route) | {lam:.2f} | 1 |",
-              f"| lamina group_stats + 100 permutations | {perm:.2f} | {perm / lam:.1f} |"]
+              "| method | seconds | pairwise route / this | peak MiB beyond input |",
+              "|---|---:|---:|---:|"]
+    for label, key in [("lamina group_stats, Gram route, float64 (default)", "lamina"),
+                       ("lamina group_stats, Gram route, float32", "lamina_float32"),
+                       ("lamina group_stats float64 + 100 permutations",
+                        "lamina_100_permutations")]:
+        m = g[key]
+        lines.append(f"| {label} | {m['seconds']:.2f} | {pw / m['seconds']:.0f} | "
+                     f"{m['peak_beyond_input_mib']:.0f} |")
     for n, p in g["pairwise_sub"].items():
-        lines.append(f"| pairwise route, {n} rows (measured) | {p['seconds']:.2f} | |")
-    lines.append(f"| pairwise route, 100,000 rows (extrapolated by N^2) | "
-                 f"{g['pairwise_extrapolated']:.0f} | {g['pairwise_extrapolated'] / lam:.0f} |")
+        lines.append(f"| pairwise route (float32 matrix, explicit pair lists), {n} rows, "
+                     f"measured | {p['seconds']:.2f} | | {p['peak_beyond_input_mib']:.0f} |")
+    lines.append(f"| pairwise route, 100,000 rows, extrapolated by N^2 | {pw:.0f} | 1 | "
+                 f"~{20 * 5e9 / 2**20:,.0f} (20 bytes a pair) |")
+    del lam, perm, f32
     return "\n".join(lines)
 
 

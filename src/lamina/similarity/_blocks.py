@@ -306,9 +306,11 @@ def prepare(
     budget: int,
     ids: np.ndarray | None = None,
     chunk: int = 4096,
+    visit: Any = None,
 ) -> Prepared:
     """One pass over the (selected) rows: validate, find zero rows, and cache the prepared rows
-    on the device when they fit half the budget."""
+    on the device when they fit half the budget. ``visit(u, ids)`` sees every chunk of
+    prepared usable rows with their row ids (for statistics taken in the same pass)."""
     n_all, d = source.shape
     ids = np.arange(n_all, dtype=np.int64) if ids is None else np.sort(ids)
     item = precision.value.itemsize + (precision.matmul.itemsize if precision.fast else 0)
@@ -328,6 +330,8 @@ def prepare(
             raw = source.take(sel)
         u, keep, sq = prep_rows(raw.to(device), metric, precision.value, sel)
         keeps.append(keep.cpu().numpy())
+        if visit is not None:
+            visit(u if bool(keeps[-1].all()) else u[keep], sel[keeps[-1]])
         if metric in ("dot", "euclidean"):
             sqs.append(sq[keep])
         if cache:

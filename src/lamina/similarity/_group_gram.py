@@ -16,39 +16,52 @@ import torch
 from lamina.similarity._blocks import Prepared
 
 
-def gram_moments(px: Prepared, codes: np.ndarray, n_groups: int, chunk: int):
-    """Per-group-pair (count, sum, sum of squares) as (G, G) float64 arrays (symmetric; the
-    diagonal holds within-group figures over i < j), plus the group sums (G, d) and the sum of
-    squared norms per group (G,)."""
-    d, dev = px.d, px.device
-    f64 = torch.float64
-    gram = torch.zeros(n_groups, d, d, dtype=f64, device=dev)
-    s = torch.zeros(n_groups, d, dtype=f64, device=dev)
-    q = torch.zeros(n_groups, dtype=f64, device=dev)
-    r = torch.zeros(n_groups, dtype=f64, device=dev)
-    codes_t = torch.as_tensor(codes, device=dev)
-    for p0 in range(0, px.n, chunk):
-        u = px.block(p0, min(p0 + chunk, px.n))
-        c = codes_t[p0 : p0 + len(u)]
-        for a in torch.unique(c).tolist():
-            ua = u[c == a]
-            gram[a] += (ua.T @ ua).to(f64)
-            ua64 = ua.to(f64)
-            s[a] += ua64.sum(0)
+class GramAccumulator:
+    """Per-group sums taken while the rows are prepared: row sums S_a (G, d), Gram matrices
+    G_a (G, d, d), sums of |u|^2 and |u|^4, all in float64. ``code_of_id``: group of each row
+    id of the input."""
+
+    def __init__(self, code_of_id: np.ndarray, n_groups: int, d: int,
+                 device: torch.device) -> None:
+        f64 = torch.float64
+        self.code_of_id, self.g = code_of_id, n_groups
+        self.gram = torch.zeros(n_groups, d, d, dtype=f64, device=device)
+        self.s = torch.zeros(n_groups, d, dtype=f64, device=device)
+        self.q = torch.zeros(n_groups, dtype=f64, device=device)
+        self.r = torch.zeros(n_groups, dtype=f64, device=device)
+
+    def add(self, u: torch.Tensor, ids: np.ndarray) -> None:
+        codes = self.code_of_id[ids]
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(self.g + 1))
+        if not np.all(order[1:] > order[:-1]):  # rows of one group next to each other
+            u = u[torch.as_tensor(order, device=u.device)]
+        for a in np.flatnonzero(np.diff(bounds)):
+            ua = u[bounds[a] : bounds[a + 1]]
+            self.gram[a] += (ua.T @ ua).to(torch.float64)
+            ua64 = ua.to(torch.float64)
             norms = ua64.square().sum(1)
-            q[a] += norms.sum()
-            r[a] += norms.square().sum()
-    sizes = np.bincount(codes, minlength=n_groups).astype(np.float64)
-    flat = gram.reshape(n_groups, d * d)
-    cross_sq = (flat @ flat.T).cpu().numpy()  # <G_a, G_b>_F
-    cross = (s @ s.T).cpu().numpy()  # S_a . S_b
-    q_np, r_np = q.cpu().numpy(), r.cpu().numpy()
-    count = np.outer(sizes, sizes)
-    total, total_sq = cross.copy(), cross_sq.copy()
-    np.fill_diagonal(count, sizes * (sizes - 1) / 2)
-    np.fill_diagonal(total, (np.diag(cross) - q_np) / 2)
-    np.fill_diagonal(total_sq, (np.diag(cross_sq) - r_np) / 2)
-    return count, total, total_sq, s, q
+            self.s[a] += ua64.sum(0)
+            self.q[a] += norms.sum()
+            self.r[a] += norms.square().sum()
+
+    def moments(self, present: np.ndarray, sizes: np.ndarray):
+        """(count, sum, sum of squares) per group pair (G', G') over the groups ``present``
+        (ids of groups with usable rows) with ``sizes``: symmetric, the diagonal holds the
+        within-group figures over i < j."""
+        keep = torch.as_tensor(present, device=self.s.device)
+        gram, s = self.gram[keep], self.s[keep]
+        q_np, r_np = self.q[keep].cpu().numpy(), self.r[keep].cpu().numpy()
+        flat = gram.reshape(len(present), -1)
+        cross_sq = (flat @ flat.T).cpu().numpy()  # <G_a, G_b>_F
+        cross = (s @ s.T).cpu().numpy()  # S_a . S_b
+        sizes = sizes.astype(np.float64)
+        count = np.outer(sizes, sizes)
+        total, total_sq = cross.copy(), cross_sq.copy()
+        np.fill_diagonal(count, sizes * (sizes - 1) / 2)
+        np.fill_diagonal(total, (np.diag(cross) - q_np) / 2)
+        np.fill_diagonal(total_sq, (np.diag(cross_sq) - r_np) / 2)
+        return count, total, total_sq
 
 
 def permuted_within_sums(

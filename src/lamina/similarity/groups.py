@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from lamina.similarity._blocks import RowSource, memory_budget, resolve_device, select_rows
 from lamina.similarity._blocks import block_size as pick_block_size
 from lamina.similarity._errors import SimilarityInputError
-from lamina.similarity._group_gram import gram_moments, permuted_within_sums
+from lamina.similarity._group_gram import GramAccumulator, permuted_within_sums
 from lamina.similarity._group_stream import stream_moments
 from lamina.similarity._hist import make_edges
 from lamina.similarity.scan import prepare_inputs
@@ -52,7 +53,8 @@ class GroupStats:
         raise AttributeError(name)
 
 
-def _codes(labels: Any, n: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _codes(labels: Any, n: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Group code of every row of x (-1 outside ``rows``, the selected ids) and group names."""
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     lab = np.asarray(labels)
@@ -60,13 +62,16 @@ def _codes(labels: Any, n: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
         raise SimilarityInputError(
             f"labels must be 1-D with one label per row of x ({n} rows), got shape {lab.shape}."
         )
+    picked = lab if rows is None else lab[rows]
     try:
-        codes, names = pd.factorize(lab[rows], sort=True)
+        codes, names = pd.factorize(picked, sort=True)
     except TypeError:
-        codes, names = pd.factorize(lab[rows], sort=False)
+        codes, names = pd.factorize(picked, sort=False)
     if (codes < 0).any():
         raise SimilarityInputError("labels contain missing values (NaN/None); label every row.")
-    return codes.astype(np.int64), np.asarray(names)
+    out = np.full(n, -1, dtype=np.int64)
+    out[slice(None) if rows is None else rows] = codes
+    return out, np.asarray(names)
 
 
 def _ttests(nw: float, mw: float, vw: float, nx: float, mx: float, vx: float) -> dict:
@@ -130,11 +135,12 @@ def group_stats(
     n_perm = int(permutations)
     if n_perm < 0:
         raise SimilarityInputError(f"permutations must be >= 0, got {permutations}.")
-    px, _, size, budget = prepare_inputs(
-        x, None, metric, subset, None, device, dtype, False, memory, block_size
-    )
-    codes, names = _codes(labels, len(px.source), px.rows)
-    g, n, d = len(names), px.n, px.d
+    source = RowSource(x, "x")
+    (n_all, d), dev = source.shape, resolve_device(device)
+    selected = select_rows(subset, n_all)
+    code_of_id, names = _codes(labels, n_all, selected)
+    g, n = len(names), n_all if selected is None else len(selected)
+    budget = memory_budget(dev, memory)
     gram_ok = metric != "euclidean" and g * d * d * 8 * 2 <= budget
     gram_cheaper = n * d * d + g * g * d * d < n * n * d / 2
     if method == "gram" and not gram_ok:
@@ -143,6 +149,14 @@ def group_stats(
             " use method='stream'."
         )
     use_gram = method == "gram" or (method == "auto" and gram_ok and gram_cheaper)
+    acc = GramAccumulator(code_of_id, g, d, dev) if use_gram else None
+    px, _, size, budget = prepare_inputs(  # the Gram sums are taken in this same pass
+        source, None, metric, selected, None, dev, dtype, False, memory, block_size,
+        visit=None if acc is None else acc.add,
+    )
+    # groups are those with usable rows (zero vectors are excluded), in label order
+    present, codes = np.unique(code_of_id[px.rows], return_inverse=True)
+    names, g, n = names[present], len(present), px.n
     chunk = max(256, min(8192, budget // 8 // max(1, d * 8)))
     rng = np.random.default_rng(seed)
     perm_codes = None
@@ -159,7 +173,7 @@ def group_stats(
     count = np.outer(sizes, sizes)
     np.fill_diagonal(count, sizes * (sizes - 1) / 2)
     if use_gram:
-        count, total, total_sq, _, _ = gram_moments(px, codes, g, chunk)
+        count, total, total_sq = acc.moments(present, sizes)
     else:
         total, total_sq = streamed["total"], streamed["total_sq"]
     mean, var = _mean_var(count, total, total_sq)

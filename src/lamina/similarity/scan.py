@@ -43,16 +43,18 @@ from lamina.similarity._result import ScanResult
 
 def prepare_inputs(
     x: Any, y: Any, metric: str, subset: Any, subset_y: Any, device: Any, dtype: Any,
-    fast: bool, memory: int | None, block: int | None,
+    fast: bool, memory: int | None, block: int | None, visit: Any = None,
 ) -> tuple[Prepared, Prepared | None, int, int]:
-    """Validate and prepare x (and y): returns ``(px, py, block_size, budget)``."""
+    """Validate and prepare x (and y): returns ``(px, py, block_size, budget)``. ``visit``
+    sees x's prepared chunks (see :func:`prepare`)."""
     check_metric(metric)
     dev = resolve_device(device)
     precision = resolve_precision(dtype, fast)
     budget = memory_budget(dev, memory)
     size = block_size(dev, budget, block)
-    src_x = RowSource(x, "x")
-    px = prepare(src_x, metric, precision, dev, budget, select_rows(subset, len(src_x)))
+    src_x = x if isinstance(x, RowSource) else RowSource(x, "x")
+    px = prepare(src_x, metric, precision, dev, budget, select_rows(subset, len(src_x)),
+                 visit=visit)
     py = None
     if y is not None:
         src_y = RowSource(y, "y")

@@ -11,6 +11,33 @@ True
 - :func:`group_stats` - within vs across labelled groups (exact from Gram matrices)
 - :func:`duplicate_groups` - connected components of near-identical rows
 - :func:`matrix` - the dense matrix, when asked and when it fits
+
+How it works and what "exact" means:
+
+- Rows are prepared once (cosine: unit vectors; correlation: centred unit vectors; zero or
+  constant rows are excluded and counted, never NaN) and streamed in row blocks; self-
+  similarity computes only the upper triangle of block pairs, diagonal blocks first.
+- Pair values are float32 by default (``dtype="float64"`` for float64); cosine and
+  correlation are clamped to [-1, 1]. :func:`matrix` uses the same kernel, so its entries are
+  the values :func:`scan` counts.
+- Histogram counts are identical to ``numpy.histogram`` of those values (numpy's edges and
+  rules, last bin closed): a vectorised affine binning, with every value within a rounding
+  bound of an edge re-binned exactly in float64. Quantiles are read from the histogram
+  (linear inside a bin: error below one bin width).
+- Moments: count, mean and std (ddof=0) are float64 sums of the values; min and max exact.
+- Top-k per row is exact up to ties (see ``_topk``). Euclidean distances use
+  sqrt(|a|^2 + |b|^2 - 2 a.b) for the histogram (like ``torch.cdist``); euclidean top-k and
+  thresholded pairs are re-scored from the differences.
+- Fast mode (``dtype="bfloat16"``, ``fast=True``): bfloat16 products; the histogram and
+  moments are those of the bfloat16 values (one bincount of their bit patterns); top-k is
+  taken over a widened list (default max(2k, k + 16)) re-scored in float32; thresholded
+  pairs use a proven error margin and are re-scored, so they are exact.
+- CPU: one worker thread per core, each running single-threaded torch ops on its own block
+  pairs; CUDA (``device=None`` picks it when available): one stream of larger blocks.
+  Block size and caching follow a memory budget (``memory=``; default a quarter of free
+  memory, at most 1 GiB on CPU).
+- :func:`group_stats` computes in float64 from per-group sums and Gram matrices,
+  O(N d^2), in the same pass that prepares the rows; label permutations cost O(N d) each.
 """
 
 from __future__ import annotations

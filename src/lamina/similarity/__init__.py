@@ -30,7 +30,7 @@ How it works and what "exact" means:
   thresholded pairs are re-scored from the differences.
 - Fast mode (``dtype="bfloat16"``, ``fast=True``): bfloat16 products; the histogram and
   moments are those of the bfloat16 values (one bincount of their bit patterns); top-k is
-  taken over a widened list (default max(2k, k + 16)) re-scored in float32; thresholded
+  taken over a widened list (default max(2k, k + 12)) re-scored in float32; thresholded
   pairs use a proven error margin and are re-scored, so they are exact.
 - CPU: one worker thread per core, each running single-threaded torch ops on its own block
   pairs; CUDA (``device=None`` picks it when available): one stream of larger blocks.

@@ -117,7 +117,7 @@ def scan(
     subset, subset_y: row ids or boolean masks; results refer to original row ids.
     device: None picks CUDA when available. dtype: None/"float32" (default), "float64", or
         "bfloat16"/"float16" (= ``fast=True``): low-precision products; top-k candidates
-        (``widen`` per row, default max(2k, k + 16)) and threshold candidates (a proven error
+        (``widen`` per row, default max(2k, k + 12)) and threshold candidates (a proven error
         margin) are re-scored exactly in float32; histogram and moments use the
         low-precision values. Euclidean top-k and thresholds are always re-scored from the
         differences (the histogram uses sqrt(|a|^2 + |b|^2 - 2 a.b), like torch.cdist).
@@ -146,7 +146,7 @@ def scan(
             )
         plan.k = k
         if needs_rescoring(px):
-            plan.k = max(k, min(n_other, widen if widen is not None else max(2 * k, k + 16)))
+            plan.k = max(k, min(n_other, widen if widen is not None else max(2 * k, k + 12)))
         plan.bound = torch.full((px.n,), -torch.inf, device=dev)  # shared by the workers
     if bins is not None:
         plan.edges = make_edges(bins, range, precision.value)

@@ -178,7 +178,11 @@ class PatternCounts:
         if self._q is None or self._q.numel() < n:
             self._q = torch.empty(n, dtype=torch.int32, device=v.device)
         q = self._q[:n]
-        q.view(v.shape).copy_(v.view(torch.uint16))  # the bit patterns, 0..65535
+        if v.device.type == "cpu":
+            q.view(v.shape).copy_(v.view(torch.uint16))  # the bit patterns, 0..65535
+        else:  # unsigned 16-bit copies are not everywhere: sign-extend, then mask
+            q.view(v.shape).copy_(v.view(torch.int16))
+            q.bitwise_and_(0xFFFF)
         self.counts += torch.bincount(q, minlength=1 << 16)
 
     @staticmethod

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-_INF = torch.tensor(torch.inf)
-
 
 class TopK:
     """Running top-``k`` of ``n`` rows: ``values`` (n, k), ``indices`` (n, k) column
@@ -51,7 +49,8 @@ class TopK:
         n_lists, n_chunks = cmax.shape
         # an entry is needed only if > the shared bound and >= the k-th largest chunk maximum
         # (k entries of this block reach that)
-        floor = torch.nextafter(self.bound[start : start + n_lists], _INF)
+        bound = self.bound[start : start + n_lists]
+        floor = torch.nextafter(bound, torch.full_like(bound, torch.inf))
         if n_chunks > self.k and int((cmax >= floor[:, None]).sum()) > self.k * n_lists // 2:
             # many candidates: also require >= the k-th largest chunk maximum of the list
             kth = torch.topk(cmax, self.k, dim=1, sorted=False).values.amin(1)

@@ -18,9 +18,9 @@ _NP = {torch.float32: np.float32, torch.float64: np.float64}
 def matrix(
     x: Any,
     y: Any = None,
-    *,
     metric: str = "cosine",
     dtype: Any = None,
+    *,
     subset: Any = None,
     subset_y: Any = None,
     device: str | torch.device | None = None,

@@ -148,6 +148,8 @@ def _select(t: torch.Tensor, batch: _Batch) -> torch.Tensor:
     b = torch.arange(len(batch.rows), device=t.device)
     if batch.picks is not None:
         return t[b, (batch.offsets + batch.picks).to(t.device)]
+    if not bool(batch.offsets.any()):  # right padding: already aligned, pads zeroed by record()
+        return t
     seq = torch.arange(t.shape[1], device=t.device)
     index = (batch.offsets.to(t.device)[:, None] + seq[None, :]).clamp(max=t.shape[1] - 1)
     out = t[b[:, None], index]
@@ -191,6 +193,9 @@ class _Recorder:
             buf[rows] = sel.to(device=self.device, dtype=self.dtype)
         else:
             buf[rows, : sel.shape[1]] = sel.to(device=self.device, dtype=self.dtype)
+            for row, length in zip(rows.tolist(), self.batch.lengths.tolist(), strict=True):
+                if length < sel.shape[1]:
+                    buf[row, length : sel.shape[1]] = 0  # padding holds no activation
 
     def attach(self, root: torch.nn.Module, stop_at: tuple[str, str] | None) -> list[Any]:
         by_module: dict[tuple[str, str], list[Site]] = {}

@@ -19,6 +19,16 @@ def sample_lines(n: int = 64, min_chars: int = 40) -> list[str]:
     return [ln for ln in lines if len(ln) >= min_chars][:n]
 
 
+def text_of(source: str | Path) -> str:
+    """The text of ``source``: a file's contents when it names an existing file (a ``Path``,
+    or a short one-line string), else ``source`` itself."""
+    if isinstance(source, Path) or (
+        len(source) < 1024 and "\n" not in source and Path(source).is_file()
+    ):
+        return Path(source).read_text("utf-8")
+    return str(source)
+
+
 def read_lines(path: str | Path) -> list[str]:
     """Non-empty lines of a UTF-8 text file."""
     p = Path(path)

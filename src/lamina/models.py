@@ -157,6 +157,14 @@ class Model:
         """Resolve names, globs, short forms and ``module:`` paths (see :mod:`lamina.sites`)."""
         return resolve_sites(sites, self._catalog, self.hf_model, self.adapter)
 
+    def base_path(self, path: str) -> str:
+        """``path`` (relative to the family's base model) as a path from ``hf_model``."""
+        return f"{self._base_prefix}.{path}" if self._base_prefix else path
+
+    def base_module(self, path: str) -> nn.Module:
+        """The submodule at ``path`` relative to the family's base model."""
+        return self.hf_model.get_submodule(self.base_path(path))
+
     def forward_plan(self, sites: list[Site]) -> tuple[nn.Module, tuple[str, str] | None]:
         """Which module to call (the base model unless a site lies outside it) and where the
         forward pass may stop (after the deepest block any site needs)."""
@@ -169,11 +177,9 @@ class Model:
         if self.adapter is None or any(s.depth is None for s in sites):
             return runner, None
         deepest = max(s.depth for s in sites if s.depth is not None)
-        block0 = f"{prefix}.{self.adapter.block(0)}" if prefix else self.adapter.block(0)
         if deepest < 0:
-            return runner, (block0, "input")
-        block = self.adapter.block(deepest)
-        return runner, (f"{prefix}.{block}" if prefix else block, "output")
+            return runner, (self.base_path(self.adapter.block(0)), "input")
+        return runner, (self.base_path(self.adapter.block(deepest)), "output")
 
     def to_tokens(self, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
         """Token ids of each input, as :meth:`collect` feeds them to the model."""

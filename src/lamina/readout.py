@@ -18,9 +18,7 @@ def final_norm(model: Model) -> nn.Module:
             f"{model.name} has no final norm before an unembedding (family: {model.family}); "
             "reading out logits needs a causal LM of a supported family."
         )
-    prefix = model._base_prefix
-    path = f"{prefix}.{model.adapter.final_norm}" if prefix else model.adapter.final_norm
-    return model.hf_model.get_submodule(path)
+    return model.base_module(model.adapter.final_norm)
 
 
 def unembedding(model: Model) -> nn.Module:

@@ -73,8 +73,14 @@ class Site:
     @property
     def layer(self) -> int | None:
         """Block index for ``blocks.{L}.*`` sites, ``i`` for ``hidden.{i}``, else ``None``."""
-        m = re.match(r"^(?:blocks|hidden)\.(\d+)", self.name)
-        return int(m.group(1)) if m else None
+        layer = layer_of(self.name)
+        return layer if layer >= 0 else None
+
+
+def layer_of(name: str) -> int:
+    """Block index of ``blocks.{L}.*``, ``i`` of ``hidden.{i}``; -1 for other sites."""
+    m = re.match(r"^(?:blocks|hidden)\.(\d+)", name)
+    return int(m.group(1)) if m else -1
 
 
 def _prefixed(prefix: str, point: HookPoint) -> HookPoint:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from lamina.corpus import text_of
 from lamina.errors import LaminaError
 
 
@@ -195,9 +196,7 @@ def train_char_lm(
         cfg = replace(cfg, steps=steps)
     if seed is not None:
         cfg = replace(cfg, seed=seed)
-    is_path = isinstance(corpus, Path) or (
-        len(corpus) < 1024 and "\n" not in corpus and Path(corpus).is_file())
-    text = Path(corpus).read_text("utf-8") if is_path else str(corpus)
+    text = text_of(corpus)
     chars, train, val = split_text(text)
     if len(val) <= cfg.block_size + 1:
         raise LaminaError(

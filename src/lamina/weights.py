@@ -56,8 +56,7 @@ def head_weights(model: Model, layer: int) -> HeadWeights:
         raise LaminaError(f"{model.name} has no architecture adapter: its weights are unknown.")
     if not 0 <= layer < model.n_layers:
         raise LaminaError(f"layer must be in [0, {model.n_layers}), not {layer}.")
-    block = model.hf_model.get_submodule(
-        f"{model._base_prefix}.{model.adapter.block(layer)}".lstrip("."))
+    block = model.base_module(model.adapter.block(layer))
     h, kv, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
     family = model.family
     with torch.no_grad():
@@ -140,8 +139,7 @@ def effective_embedding(model: Model, batch_rows: int = 4096) -> dict[str, torch
             f"The effective embedding is defined for pre-LN blocks (GPT-2, GPT-NeoX, Llama); "
             f"{model.name} is {model.family}.")
     hw = head_weights(model, 0)
-    block = model.hf_model.get_submodule(
-        f"{model._base_prefix}.{model.adapter.block(0)}".lstrip("."))
+    block = model.base_module(model.adapter.block(0))
     ln2 = block.ln_2 if model.family == "gpt2" else block.post_attention_layernorm
     parallel = bool(getattr(model.config, "use_parallel_residual", False))
     groups = hw.W_Q.shape[0] // hw.W_V.shape[0]

@@ -25,7 +25,8 @@ from lamina.analyses.category_plots import plot_laminar, plot_layer, plot_varian
 from lamina.errors import LaminaError, TokenizationError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import group_stats
+from lamina.similarity import group_stats, scan
+from lamina.sites import layer_of
 
 #: The notebook's words: (category, word).
 BUILTIN_WORDS: list[tuple[str, str]] = [
@@ -166,12 +167,7 @@ def _baseline(model: Model, sites: list[str], template: str | None, n: int, seed
     if len(words) < 3:
         return dict.fromkeys(sites, float("nan"))
     vectors, _ = represent(model, words, sites, template, "last")
-    out = {}
-    for site, v in vectors.items():
-        u = torch.nn.functional.normalize(v.double(), dim=-1)
-        s = u @ u.T
-        out[site] = float(s[torch.triu_indices(len(u), len(u), 1).unbind()].mean())
-    return out
+    return {site: scan(v, dtype="float64").mean for site, v in vectors.items()}
 
 
 def categories(model: Model | str, words: Any = None, *, template: str | None = None,
@@ -200,7 +196,7 @@ def categories(model: Model | str, words: Any = None, *, template: str | None = 
         gs = group_stats(x, labels, permutations=permutations, seed=seed)
         centred = group_stats(x - x.mean(0, keepdim=True), labels)
         s = gs.summary
-        layer = int(site.split(".")[1]) if site.split(".")[1].isdigit() else -1
+        layer = layer_of(site)
         rows.append({
             "layer": layer, "site": site, "within_mean": s["within_mean"],
             "across_mean": s["across_mean"], "delta": s["delta"], "t": float(s["t"]),

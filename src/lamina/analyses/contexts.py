@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from lamina.corpus import text_of
 from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import group_stats
+from lamina.similarity import group_stats, scan
+from lamina.sites import layer_of
 
 
 @dataclass
@@ -104,10 +105,7 @@ class ContextsResult(Result):
 
 
 def _corpus_ids(model: Model, corpus: str | Path) -> np.ndarray:
-    text = Path(corpus).read_text("utf-8") if isinstance(corpus, Path) or (
-        len(str(corpus)) < 1024 and "\n" not in str(corpus) and Path(str(corpus)).is_file()
-    ) else str(corpus)
-    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    ids = model.tokenizer(text_of(corpus), add_special_tokens=False, verbose=False)["input_ids"]
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -177,12 +175,10 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
         gs = group_stats(x, labels, bins=bins, range=range, permutations=permutations, seed=seed)
         centred = group_stats(x - x.mean(0, keepdim=True), labels)
         s = gs.summary
-        layer = int(site.split(".")[1]) if site.split(".")[1].isdigit() else -1
+        layer = layer_of(site)
         base = float("nan")
         if base_acts is not None:
-            u = torch.nn.functional.normalize(base_acts[site].flatten(1).double(), dim=-1)
-            sim = u @ u.T
-            base = float(sim[torch.triu_indices(len(u), len(u), 1).unbind()].mean())
+            base = scan(base_acts[site].flatten(1), dtype="float64").mean
         rows.append({
             "layer": layer, "site": site, "within_mean": s["within_mean"],
             "across_mean": s["across_mean"], "delta": s["delta"], "t": float(s["t"]),

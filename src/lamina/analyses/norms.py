@@ -17,7 +17,7 @@ from lamina.activations import Activations
 from lamina.corpus import sample_lines
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.sites import Site
+from lamina.sites import Site, layer_of
 
 #: Across-layer ratio of mean norms, or within-layer CV, above which cosine is preferred.
 RATIO_LIMIT, CV_LIMIT = 1.2, 0.1
@@ -65,7 +65,7 @@ def _kind(site: str) -> str:
 
 def norms_of(acts: Activations, sites: Sequence[Site] | None = None) -> NormsResult:
     """Norm statistics of already captured activations (one position or all, masked)."""
-    layer_of = {s.name: s.layer for s in sites} if sites else {}
+    layers = {s.name: s.layer for s in sites} if sites else {}
     rows = []
     for name in acts.sites:
         t = acts[name].double()
@@ -74,18 +74,13 @@ def norms_of(acts: Activations, sites: Sequence[Site] | None = None) -> NormsRes
         values = t.flatten(1).norm(dim=-1).numpy()
         mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
         rows.append({
-            "site": name, "kind": _kind(name), "layer": layer_of.get(name, _layer(name)),
+            "site": name, "kind": _kind(name), "layer": layers.get(name, layer_of(name)),
             "n": len(values), "mean_norm": mean, "std_norm": std,
             "cv": std / mean if mean > 0 else float("nan"),
             "min_norm": float(values.min()), "max_norm": float(values.max()),
         })
     table = pd.DataFrame(rows)
     return NormsResult(table, summary=_conclusion(table), meta=dict(acts.meta))
-
-
-def _layer(name: str) -> int:
-    parts = name.split(".")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
 
 
 def _conclusion(table: pd.DataFrame) -> dict[str, Any]:

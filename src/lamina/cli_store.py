@@ -1,0 +1,97 @@
+"""``lamina collect``, ``lamina similar``, ``lamina approximate``: the activation-store
+commands, registered on the same app as :mod:`lamina.cli`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lamina.cli import ModelOpt, OutOpt, SitesOpt, _friendly, _positions, _print_frame, _save, app
+from lamina.errors import LaminaError
+
+
+@app.command()
+@_friendly
+def collect(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory (resumed if present).")],
+    model: ModelOpt = "minilm",
+    corpus: Annotated[Path | None, typer.Option(help="Text file, one string per line.")] = None,
+    substrings: Annotated[int | None, typer.Option(
+        help="Instead of lines: all unique substrings of this length of --text-file.")] = None,
+    text_file: Annotated[Path | None, typer.Option(help="Text for --substrings.")] = None,
+    site: SitesOpt = None,
+    positions: str = "last",
+    dtype: str = "float32",
+    batch_size: int = 256,
+) -> None:
+    """Capture sites for a corpus into an on-disk store (safetensors shards + manifest)."""
+    from lamina import store
+
+    if substrings is not None:
+        if text_file is None or not text_file.is_file():
+            raise LaminaError("--substrings needs --text-file pointing to an existing file.")
+        source: object = store.substrings(text_file.read_text("utf-8"), substrings)
+    elif corpus is not None:
+        source = str(corpus)
+    else:
+        raise LaminaError("Give --corpus FILE, or --substrings N with --text-file FILE.")
+    result = store.collect(
+        model, source, site or ["hidden.*"], out,
+        positions=_positions(positions),
+        dtype=dtype, batch_size=batch_size,
+    )
+    typer.echo(repr(result))
+
+
+@app.command()
+@_friendly
+def similar(
+    store: Annotated[Path, typer.Option(help="Activation store directory.")],
+    query: Annotated[list[str], typer.Option("--query", "-q", help="Query string (repeatable).")],
+    site: Annotated[list[str], typer.Option("--site", "-s", help="Stored site (repeatable).")],
+    model: ModelOpt = "minilm",
+    k: int = 10,
+    threshold: float | None = None,
+    metric: str = "cosine",
+    out: OutOpt = None,
+) -> None:
+    """The stored strings whose activation is most similar to each query's."""
+    from lamina import store as lstore
+    from lamina.analyses import similar_strings
+
+    result = similar_strings(model, lstore.open(store), query, site=site, k=k,
+                             threshold=threshold, metric=metric)
+    _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])
+    _save(result, out)
+
+
+@app.command()
+@_friendly
+def approximate(
+    store: Annotated[Path, typer.Option(help="Substring store with mlp_out of every block.")],
+    model: ModelOpt = "shakespeare-char",
+    prompts: Annotated[int, typer.Option(help="Stored strings drawn as prompts.")] = 2000,
+    tune: Annotated[int, typer.Option(help="Tuning prompts for fitted thresholds.")] = 500,
+    study: Annotated[bool, typer.Option(help="Use the study's hand-tuned thresholds/weights.")
+                     ] = False,
+    exclude_self: bool = False,
+    seed: int = 1337,
+    out: OutOpt = None,
+) -> None:
+    """Approximate next-token distributions from similar strings (Hellinger distance)."""
+    from lamina import store as lstore
+    from lamina.analyses import approximation
+    from lamina.analyses.approximation import STUDY_THRESHOLDS, STUDY_WEIGHTS
+
+    result = approximation(model, lstore.open(store), prompts, tune=tune, seed=seed,
+                           thresholds=STUDY_THRESHOLDS if study else None,
+                           weights=STUDY_WEIGHTS if study else None, exclude_self=exclude_self)
+    s = result.summary
+    for variant in ("with_self", "without_self"):
+        v = s[variant]
+        typer.echo(f"{variant:>13}: mean {v['mean']:.4f} (std {v['std']:.4f}), "
+                   f"{v['n_below_0.2']}/{s['n_prompts']} below 0.2, {v['n_empty']} empty")
+    typer.echo(f"thresholds {s['thresholds']}, weights {s['weights']}, fitted: {s['fitted']}")
+    _save(result, out)

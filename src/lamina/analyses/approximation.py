@@ -28,7 +28,7 @@ from lamina.analyses.similar_strings import next_token_counts
 from lamina.errors import LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import scan
+from lamina.similarity import threshold_sums
 from lamina.store import Store
 
 STUDY_THRESHOLDS = (0.95, 0.94, 0.85, 0.76, 0.81, 0.89)
@@ -73,20 +73,28 @@ class BlockSums:
 
 def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
                self_rows: np.ndarray, grid: Sequence[float]) -> BlockSums:
-    """Scan the prompts ``x`` against a stored site once at the lowest threshold and sum the
-    next-token counts of the matches at every threshold of ``grid``."""
-    res = scan(x, store[site], threshold=float(min(grid)))
-    i, j, v = res.pairs_i, res.pairs_j, res.pairs_values
-    own = j == self_rows[i]
+    """Sum the next-token counts of the stored strings at or above every threshold of ``grid``
+    for the prompts ``x`` (one streaming pass over the stored site: the matches are never
+    listed, they can be billions). Without self: each prompt's own row (``self_rows``, -1 when
+    the prompt is not stored) is taken out of the sums it falls in."""
+    vocab = counts.shape[1]
+    weights = sp.hstack([counts, np.ones((counts.shape[0], 1))]).tocsr()  # last: matches
+    sums = threshold_sums(x, store[site], weights, grid)  # (n, G, vocab + 1)
+    own_counts = np.zeros((len(x), vocab))
+    own_sim = np.full(len(x), -np.inf)
+    has = self_rows >= 0
+    if has.any():
+        rows = self_rows[has]
+        own_counts[has] = counts[rows].toarray()
+        a = torch.nn.functional.normalize(x[torch.as_tensor(has)].float(), dim=1)
+        b = torch.nn.functional.normalize(store[site][rows].float(), dim=1)
+        own_sim[has] = (a * b).sum(1).clamp(-1, 1).double().numpy()
     out = BlockSums(tuple(grid), [], [], [])
-    for t in grid:
-        keep = v >= t
-        for drop_self, target in ((False, out.with_self), (True, out.without_self)):
-            k = keep & ~own if drop_self else keep
-            A = sp.csr_matrix((np.ones(int(k.sum())), (i[k], j[k])),
-                              shape=(len(x), counts.shape[0]))
-            target.append(np.asarray((A @ counts).todense()))
-        out.matches.append(np.bincount(i[keep & ~own], minlength=len(x)))
+    for g, t in enumerate(grid):
+        own = (own_sim >= np.float32(t))[:, None]
+        out.with_self.append(sums[:, g, :vocab])
+        out.without_self.append(sums[:, g, :vocab] - own * own_counts)
+        out.matches.append(np.rint(sums[:, g, vocab] - own[:, 0]).astype(np.int64))
     return out
 
 

@@ -11,6 +11,8 @@ True
 - :func:`group_stats` - within vs across labelled groups (exact from Gram matrices)
 - :func:`duplicate_groups` - connected components of near-identical rows
 - :func:`matrix` - the dense matrix, when asked and when it fits
+- :func:`threshold_sums` - per-row sums of weights over the rows at or above thresholds
+  (e.g. next-token counts of similar strings), without listing the pairs
 
 How it works and what "exact" means:
 
@@ -53,6 +55,7 @@ from lamina.similarity.dense import matrix
 from lamina.similarity.duplicates import DuplicateGroups, duplicate_groups
 from lamina.similarity.groups import GroupStats, group_stats
 from lamina.similarity.scan import scan
+from lamina.similarity.sums import threshold_sums
 
 __all__ = [
     "METRICS",
@@ -66,4 +69,5 @@ __all__ = [
     "group_stats",
     "matrix",
     "scan",
+    "threshold_sums",
 ]

@@ -1,0 +1,103 @@
+"""``threshold_sums``: for every row of ``x``, the sum of per-row weights of the rows of ``y``
+whose similarity is at or above each of a set of thresholds, in one streaming pass.
+
+This is what "sum the next-token counts of every stored string at least this similar to the
+prompt" needs at scale: the pairs above a threshold can be billions (a few percent of
+20,000 x 858,923), far too many to list, but their weighted sums are one extra matrix product
+per block, ``(values >= t) @ weights``, so memory stays at a block and the cost stays close to
+that of the similarities themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamina.similarity._errors import SimilarityInputError
+from lamina.similarity._kernel import Block, walk_blocks
+
+
+def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
+    """Weights (n_rows, m) as a float32 tensor (scipy sparse, numpy or torch)."""
+    if hasattr(weights, "toarray"):  # scipy sparse
+        weights = weights.toarray()
+    w = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights))
+    if w.dim() == 1:
+        w = w[:, None]
+    if w.dim() != 2 or len(w) != n_rows:
+        raise SimilarityInputError(
+            f"weights must have one row per row of y ({n_rows}), got shape {tuple(w.shape)}.")
+    w = w.to(torch.float32)
+    if not bool(torch.isfinite(w).all()):
+        raise SimilarityInputError("weights contain NaN or infinite values.")
+    return w
+
+
+class _SumConsumer:
+    def __init__(self, n_x: int, thresholds: torch.Tensor, w: torch.Tensor,
+                 y_rows: torch.Tensor) -> None:
+        self.t = thresholds
+        self.w, self.y_rows = w, y_rows
+        self.out = torch.zeros(n_x, len(thresholds), w.shape[1], dtype=torch.float64,
+                               device=w.device)
+        self.mask: torch.Tensor | None = None
+
+    def consume(self, blk: Block) -> None:
+        s = blk.values
+        n_r, n_c = s.shape
+        if self.mask is None or self.mask.numel() < s.numel():
+            self.mask = torch.empty(s.numel(), dtype=self.w.dtype, device=s.device)
+        mask = self.mask[: s.numel()].view(n_r, n_c)
+        w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c])
+        for g, t in enumerate(self.t.tolist()):
+            torch.ge(s, t, out=mask)  # 1.0 where at or above, else 0.0
+            self.out[blk.r0 : blk.r0 + n_r, g] += torch.mm(mask, w)
+
+
+def threshold_sums(
+    x: Any,
+    y: Any,
+    weights: Any,
+    thresholds: float | Sequence[float],
+    *,
+    metric: str = "cosine",
+    device: str | torch.device | None = None,
+    block_size: int | None = None,
+    memory: int | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Sums of ``weights`` over the rows of ``y`` similar to each row of ``x``.
+
+    Args:
+        x: queries (N, d); y: rows (M, d) - tensors, arrays or a lazily read store site.
+        weights: (M, m) per-row weights of y (dense or scipy sparse), e.g. next-token counts;
+            a column of ones counts the matches.
+        thresholds: one value or G values; a pair counts for threshold t when its similarity
+            (float32, as :func:`~lamina.similarity.scan` computes it) is >= t.
+
+    Returns:
+        ``sums`` (N, G, m) float64: ``sums[i, g] = sum_j [sim(x_i, y_j) >= t_g] weights[j]``.
+        Rows of x or y that have no similarity (zero vectors for cosine) contribute nothing.
+        The per-block products run in float32: integer weights are summed exactly while every
+        sum stays below 2^24.
+    """
+    from lamina.similarity.scan import prepare_inputs
+
+    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if t.ndim != 1 or len(t) == 0 or not np.all(np.isfinite(t)):
+        raise SimilarityInputError("thresholds must be one or more finite numbers.")
+    px, py, size, _ = prepare_inputs(x, y, metric, None, None, device, None, False, memory,
+                                     block_size)
+    w = _dense_weights(weights, len(py.source)).to(px.device)
+    y_rows = torch.as_tensor(py.rows, device=px.device)
+    thr = torch.as_tensor(t, dtype=torch.float32)
+    parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows), workers,
+                        progress)
+    usable = sum(p.out for p in parts).cpu().numpy()
+    out = np.zeros((len(px.source), len(t), w.shape[1]), dtype=np.float64)
+    out[px.rows] = usable
+    return out

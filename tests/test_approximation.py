@@ -85,12 +85,34 @@ def test_approximation_equals_direct_numpy(setup) -> None:
     assert result.summary["mean_hellinger"] == pytest.approx(frame["hellinger"].mean())
 
 
-def test_fitted_thresholds_and_baseline(setup, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def other_seed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("char_seed2")
+    train_char_lm(tinyshakespeare()[:50_000], out, preset="tiny", steps=30, progress=False,
+                  n_layer=3, seed=7)
+    return lamina.load(str(out))
+
+
+def _last_distribution(model, prompts) -> np.ndarray:
+    with torch.no_grad():
+        ids = torch.tensor([model.to_tokens(p)[0] for p in prompts])
+        return torch.softmax(model.hf_model(input_ids=ids).logits[:, -1].double(), -1).numpy()
+
+
+def test_fitted_thresholds_and_baseline(setup, other_seed, tmp_path) -> None:
     model, store, sub = setup
-    fitted = approximation(model, store, 30, tune=40, exclude_self=True, seed=0)
+    fitted = approximation(model, store, 30, tune=40, exclude_self=True, seed=0,
+                           baseline=other_seed)
     assert fitted.summary["fitted"] and len(fitted.summary["thresholds"]) == 3
     assert fitted.summary["n_tune"] == 40 and len(fitted.to_frame()) == 30
-    assert set(fitted.to_frame()["prompt"]) <= set(sub.strings)
+    frame = fitted.to_frame()
+    assert set(frame["prompt"]) <= set(sub.strings)
+    prompts = list(frame["prompt"])
+    expected = hellinger(_last_distribution(model, prompts),
+                         _last_distribution(other_seed, prompts))
+    np.testing.assert_allclose(frame["baseline_hellinger"], expected, atol=1e-6)
+    assert fitted.summary["baseline"]["mean"] == pytest.approx(expected.mean(), abs=1e-6)
+    assert expected.mean() > 0.01  # another seed really is another model
     saved = fitted.save(tmp_path / "approx")
     assert (saved / "approximation.png").exists()
     same = model_distance(model, model, ["ROMEO", "the k"])
@@ -114,3 +136,11 @@ def test_cli_similar_and_approximate(setup) -> None:
                                  str(store.path), "--prompts", "10", "--tune", "10"])
     assert result.exit_code == 0, result.output
     assert "without_self: mean" in result.output
+    given = runner.invoke(app, ["approximate", "--model", model.name, "--store",
+                                str(store.path), "--prompts", "10", "--thresholds",
+                                "0.9,0.8,0.85", "--weights", "1,1,2"])
+    assert given.exit_code == 0, given.output
+    assert "[0.9, 0.8, 0.85], weights [1.0, 1.0, 2.0], fitted: False" in given.output
+    study = runner.invoke(app, ["approximate", "--model", model.name, "--store",
+                                str(store.path), "--prompts", "10", "--study"])
+    assert study.exit_code != 0 and "6-block" in study.output

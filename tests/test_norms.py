@@ -43,3 +43,27 @@ def test_norms_last_position_and_layers(minilm: lamina.Model) -> None:
     np.testing.assert_allclose(frame.iloc[-1]["mean_norm"], float(expected.mean()), rtol=1e-6)
     assert "cosine" in result.summary["conclusion"]
     assert result.meta["model"] == "minilm" and "versions" in result.meta
+
+
+def test_norms_of_a_store_read_block_by_block(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lamina import store as lstore
+    from lamina.analyses.norms import norms_of
+    from lamina.cli import app
+
+    model = tiny("gpt2")
+    strings = [f"{t} {i}" for i in range(40) for t in TEXTS[:3]]
+    st = lstore.collect(model, strings, ["resid_post.*", "mlp_out.1"], tmp_path / "st",
+                        shard_rows=50, progress=False)
+    result = norms_of(st)
+    frame = result.to_frame()
+    assert list(frame["site"]) == st.sites and result.meta["store"] == str(st.path)
+    for row in frame.itertuples():
+        n = np.linalg.norm(np.asarray(st[row.site]).astype(np.float64), axis=-1)
+        assert row.n == len(strings) == len(n)
+        np.testing.assert_allclose([row.mean_norm, row.std_norm, row.max_norm],
+                                   [n.mean(), n.std(ddof=1), n.max()], rtol=1e-6)
+    out = CliRunner().invoke(app, ["norms", "--store", str(st.path)])
+    assert out.exit_code == 0, out.output
+    assert "blocks.1.hook_mlp_out" in out.output and "cosine" in out.output

@@ -85,19 +85,26 @@ def norms(
     texts: TextsOpt = None,
     site: SitesOpt = None,
     positions: Annotated[str, typer.Option(help="last, first, all or an int.")] = "last",
+    store: Annotated[Path | None, typer.Option(
+        help="Measure every row of this activation store instead (no model run).")] = None,
     out: OutOpt = None,
 ) -> None:
     """Per-layer table of activation norms (mean, std, CV) and whether cosine is preferable."""
     import lamina
     from lamina.analyses import norms as run
+    from lamina.analyses.norms import norms_of
     from lamina.corpus import read_lines
+    from lamina.store import open as open_store
 
-    result = run(
-        lamina.load(model),
-        read_lines(texts) if texts else None,
-        sites=site or ["hidden.*"],
-        positions=_positions(positions),
-    )
+    if store is not None:
+        result = norms_of(open_store(store))
+    else:
+        result = run(
+            lamina.load(model),
+            read_lines(texts) if texts else None,
+            sites=site or ["hidden.*"],
+            positions=_positions(positions),
+        )
     _print_frame(result.to_frame(), ["site", "layer", "n", "mean_norm", "std_norm", "cv"])
     typer.echo("\n" + result.summary["conclusion"])
     _save(result, out)

@@ -74,8 +74,15 @@ def approximate(
     model: ModelOpt = "shakespeare-char",
     prompts: Annotated[int, typer.Option(help="Stored strings drawn as prompts.")] = 2000,
     tune: Annotated[int, typer.Option(help="Tuning prompts for fitted thresholds.")] = 500,
-    study: Annotated[bool, typer.Option(help="Use the study's hand-tuned thresholds/weights.")
-                     ] = False,
+    study: Annotated[bool, typer.Option(
+        help="Use the study's hand-tuned thresholds/weights (6-block models).")] = False,
+    thresholds: Annotated[str | None, typer.Option(
+        help="Comma-separated threshold per block (default: fitted).")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Comma-separated weight per block (default: fitted).")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        help="The same architecture trained with another seed: its distance is the baseline.")
+    ] = None,
     exclude_self: bool = False,
     seed: int = 1337,
     out: OutOpt = None,
@@ -85,11 +92,22 @@ def approximate(
     from lamina.analyses import approximation
     from lamina.analyses.approximation import STUDY_THRESHOLDS, STUDY_WEIGHTS
 
+    def numbers(text: str | None, study_values: tuple[float, ...]) -> list[float] | None:
+        if text is None:
+            return list(study_values) if study else None
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise LaminaError(f"Expected comma-separated numbers, got {text!r}.") from None
+
     result = approximation(model, lstore.open(store), prompts, tune=tune, seed=seed,
-                           thresholds=STUDY_THRESHOLDS if study else None,
-                           weights=STUDY_WEIGHTS if study else None, exclude_self=exclude_self)
+                           thresholds=numbers(thresholds, STUDY_THRESHOLDS),
+                           weights=numbers(weights, STUDY_WEIGHTS), exclude_self=exclude_self,
+                           baseline=baseline)
     s = result.summary
-    for variant in ("with_self", "without_self"):
+    for variant in ("with_self", "without_self", "baseline"):
+        if variant not in s:
+            continue
         v = s[variant]
         typer.echo(f"{variant:>13}: mean {v['mean']:.4f} (std {v['std']:.4f}), "
                    f"{v['n_below_0.2']}/{s['n_prompts']} below 0.2, {v['n_empty']} empty")

@@ -143,7 +143,8 @@ def fit(p: np.ndarray, sums: list[BlockSums], self_: bool = False, rounds: int =
 @dataclass
 class ApproximationResult(Result):
     """``to_frame()``: one row per prompt (``prompt``, ``hellinger`` (the variant asked for),
-    ``hellinger_with_self``, ``hellinger_without_self``, ``empty``, matches per block).
+    ``hellinger_with_self``, ``hellinger_without_self``, ``empty``, matches per block, and
+    ``baseline_hellinger`` when a baseline model was given).
     ``summary``: ``mean_hellinger`` and std, quantiles, share below 0.2, ``n_empty`` of both
     variants, the thresholds and weights and whether they were fitted."""
 
@@ -165,9 +166,11 @@ class ApproximationResult(Result):
 
         fig, axs = plt.subplots(1, 1 + examples, figsize=(4.5 * (1 + examples), 3.8))
         bins = np.linspace(0, 1, 41)
-        for col in ("hellinger_with_self", "hellinger_without_self"):
-            axs[0].hist(self.table[col], bins=bins, alpha=0.6, label=col.removeprefix(
-                "hellinger_").replace("_", " "))
+        for col in ("hellinger_with_self", "hellinger_without_self", "baseline_hellinger"):
+            if col in self.table:
+                label = ("model vs other seed" if col.startswith("baseline") else
+                         col.removeprefix("hellinger_").replace("_", " "))
+                axs[0].hist(self.table[col], bins=bins, alpha=0.5, label=label)
         axs[0].axvline(0.2, color="k", linestyle=":", linewidth=0.8)
         axs[0].set(xlabel="Hellinger distance", ylabel="prompts",
                    title=f"mean {self.summary['mean_hellinger']:.3f}")
@@ -202,7 +205,8 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                   thresholds: Sequence[float] | None = None,
                   weights: Sequence[float] | None = None, exclude_self: bool = False,
                   tune: Any = 500, seed: int = 1337,
-                  site: str = "blocks.{b}.hook_mlp_out") -> ApproximationResult:
+                  site: str = "blocks.{b}.hook_mlp_out",
+                  baseline: Model | str | None = None) -> ApproximationResult:
     """Approximate the model's next-token distribution from similar stored strings.
 
     Args:
@@ -214,6 +218,10 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
             ``STUDY_WEIGHTS``).
         exclude_self: report the distance without each prompt's own string (``hellinger``
             column and ``mean_hellinger``); both variants are always in the table.
+        baseline: the same architecture trained with another seed (``lamina train --seed``):
+            its Hellinger distance to ``model`` on the same prompts is the ``baseline_hellinger``
+            column and ``summary["baseline"]``, the scale against which the approximation's
+            distance means something.
     """
     model = load(model)
     store.check_model(model)
@@ -245,7 +253,10 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
         weights = fit_w if weights is None else weights
         meta_tune = {"n_tune": len(tune_prompts)}
     if len(thresholds) != len(sites) or len(weights) != len(sites):
-        raise LaminaError(f"Give one threshold and one weight per block ({len(sites)}).")
+        raise LaminaError(
+            f"Give one threshold and one weight per block ({len(sites)}), not "
+            f"{len(thresholds)} and {len(weights)} (the study's STUDY_THRESHOLDS and "
+            "STUDY_WEIGHTS are for its 6-block model); leave them out to fit them.")
     sums = sums_for(prompts, [[t] for t in thresholds])
     p = next_token_distribution(model, prompts)
     ones = [0] * len(sites)
@@ -271,6 +282,11 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                "without_self": stats(d_without, e_without),
                "thresholds": [float(t) for t in thresholds],
                "weights": [float(w) for w in weights], "fitted": fitted, **meta_tune}
+    if baseline is not None:
+        base = hellinger(p, next_token_distribution(load(baseline), prompts))
+        table["baseline_hellinger"] = base
+        summary["baseline"] = {**stats(base, np.zeros(len(base), bool)), "model": str(
+            baseline if isinstance(baseline, str) else baseline.name)}
     vocab = model.token_strings(list(range(model.vocab_size)))
     return ApproximationResult(table, p, q, vocab, summary=summary, meta=model.describe(
         store=str(store.path), site=site, seed=seed))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lamina.activations import Activations
@@ -18,6 +19,7 @@ from lamina.corpus import sample_lines
 from lamina.models import Model, load
 from lamina.results import Result
 from lamina.sites import Site, layer_of
+from lamina.store import Store
 
 #: Across-layer ratio of mean norms, or within-layer CV, above which cosine is preferred.
 RATIO_LIMIT, CV_LIMIT = 1.2, 0.1
@@ -63,15 +65,24 @@ def _kind(site: str) -> str:
     return site
 
 
-def norms_of(acts: Activations, sites: Sequence[Site] | None = None) -> NormsResult:
-    """Norm statistics of already captured activations (one position or all, masked)."""
+def _norm_values(source: Activations | Store, name: str) -> np.ndarray:
+    """Norms of every captured vector of one site (a store is read block by block)."""
+    if isinstance(source, Store):
+        return np.concatenate([b.double().flatten(1).norm(dim=-1).numpy()
+                               for b in source[name].iter_blocks()])
+    t = source[name].double()
+    if source.all_positions:
+        t = t[source.mask]
+    return t.flatten(1).norm(dim=-1).numpy()
+
+
+def norms_of(acts: Activations | Store, sites: Sequence[Site] | None = None) -> NormsResult:
+    """Norm statistics of already captured activations (one position or all, masked), or of
+    every row of an on-disk store (read lazily, block by block)."""
     layers = {s.name: s.layer for s in sites} if sites else {}
     rows = []
     for name in acts.sites:
-        t = acts[name].double()
-        if acts.all_positions:
-            t = t[acts.mask]
-        values = t.flatten(1).norm(dim=-1).numpy()
+        values = _norm_values(acts, name)
         mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
         rows.append({
             "site": name, "kind": _kind(name), "layer": layers.get(name, layer_of(name)),
@@ -80,7 +91,9 @@ def norms_of(acts: Activations, sites: Sequence[Site] | None = None) -> NormsRes
             "min_norm": float(values.min()), "max_norm": float(values.max()),
         })
     table = pd.DataFrame(rows)
-    return NormsResult(table, summary=_conclusion(table), meta=dict(acts.meta))
+    meta = ({"model": acts.manifest["model"], "store": str(acts.path)}
+            if isinstance(acts, Store) else dict(acts.meta))
+    return NormsResult(table, summary=_conclusion(table), meta=meta)
 
 
 def _conclusion(table: pd.DataFrame) -> dict[str, Any]:

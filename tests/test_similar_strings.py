@@ -27,7 +27,7 @@ def char_model(tmp_path_factory) -> lamina.Model:
 @pytest.fixture(scope="module")
 def sub_store(char_model, tmp_path_factory) -> lstore.Store:
     sub = lstore.substrings(TEXT, 6)
-    return lstore.collect(char_model, sub, ["mlp_out.*", "resid_post.1"],
+    return lstore.collect(char_model, sub, ["mlp_out.*", "resid_post.1", "blocks.0.attn.hook_z"],
                           tmp_path_factory.mktemp("st") / "s", shard_rows=700, progress=False)
 
 
@@ -62,6 +62,19 @@ def test_similar_strings_equal_brute_force(char_model: lamina.Model,
     # a query that is itself a stored string finds itself first
     assert frame[frame["query"] == "First "]["string"].iloc[0] == "First "
     assert frame["next"].str.len().gt(0).all()
+
+
+def test_per_head_outputs_are_compared_concatenated(char_model: lamina.Model,
+                                                    sub_store: lstore.Store) -> None:
+    site = "blocks.0.attn.hook_z"  # [rows, heads, d_head]: the study's concatenated heads
+    assert sub_store[site].ndim == 3 and sub_store[site].flat().shape == (
+        len(sub_store), sub_store[site].shape[1] * sub_store[site].shape[2])
+    frame = similar_strings(char_model, sub_store, ["ROMEO:"], site=site, k=4).to_frame()
+    X = np.asarray(sub_store[site]).reshape(len(sub_store), -1).astype(np.float64)
+    q = char_model.collect(["ROMEO:"], site)[site].numpy().reshape(1, -1).astype(np.float64)
+    sims = (q / np.linalg.norm(q)) @ (X / np.linalg.norm(X, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(frame["similarity"], np.sort(sims[0])[::-1][:4], atol=1e-5)
+    np.testing.assert_array_equal(sub_store[site].flat()[[3, 1]].numpy(), X[[3, 1]])
 
 
 def test_threshold_and_euclidean(char_model: lamina.Model, sub_store: lstore.Store) -> None:

@@ -139,8 +139,30 @@ class StoreArray:
         arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
         return arr.astype(dtype) if dtype is not None else arr
 
+    def flat(self) -> StoreArray | FlatRows:
+        """A lazily read 2-D view ``[n_rows, prod(shape[1:])]`` (e.g. ``hook_z``'s heads
+        concatenated), as the similarity engine takes it; the array itself when already 2-D."""
+        return self if self.ndim == 2 else FlatRows(self)
+
     def __repr__(self) -> str:
         return f"StoreArray({self.site!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class FlatRows:
+    """Rows of a store site flattened to vectors (see :meth:`StoreArray.flat`)."""
+
+    def __init__(self, base: StoreArray) -> None:
+        self.base = base
+        self.shape = (base.shape[0], int(np.prod(base.shape[1:])))
+        self.dtype = base.dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        rows = self.base[index]
+        return rows.reshape(-1) if isinstance(index, (int, np.integer)) else rows.flatten(1)
 
 
 class Store:

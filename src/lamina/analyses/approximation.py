@@ -79,7 +79,8 @@ def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
     the prompt is not stored) is taken out of the sums it falls in."""
     vocab = counts.shape[1]
     weights = sp.hstack([counts, np.ones((counts.shape[0], 1))]).tocsr()  # last: matches
-    sums = threshold_sums(x, store[site], weights, grid)  # (n, G, vocab + 1)
+    y = store[site].flat()
+    sums = threshold_sums(x, y, weights, grid)  # (n, G, vocab + 1)
     own_counts = np.zeros((len(x), vocab))
     own_sim = np.full(len(x), -np.inf)
     has = self_rows >= 0
@@ -87,7 +88,7 @@ def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
         rows = self_rows[has]
         own_counts[has] = counts[rows].toarray()
         a = torch.nn.functional.normalize(x[torch.as_tensor(has)].float(), dim=1)
-        b = torch.nn.functional.normalize(store[site][rows].float(), dim=1)
+        b = torch.nn.functional.normalize(y[rows].float(), dim=1)
         own_sim[has] = (a * b).sum(1).clamp(-1, 1).double().numpy()
     out = BlockSums(tuple(grid), [], [], [])
     for g, t in enumerate(grid):
@@ -239,7 +240,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
     def sums_for(texts: list[str], grids: list[Sequence[float]]) -> list[BlockSums]:
         acts = model.collect(texts, sites, positions=store.manifest["positions"])
         self_rows = np.array([row_of.get(t, -1) for t in texts])
-        return [block_sums(acts[s].float(), store, s, counts, self_rows, g)
+        return [block_sums(acts[s].flatten(1).float(), store, s, counts, self_rows, g)
                 for s, g in zip(sites, grids, strict=True)]
 
     fitted = thresholds is None or weights is None

@@ -103,7 +103,7 @@ def similar_strings(model: Model | str, store: Store, queries: Sequence[str] | s
     rows = []
     for s in sites:
         x = acts[s].flatten(1).float()
-        y = store[s]
+        y = store[s].flat()
         if threshold is None:
             res = scan(x, y, metric=metric, topk=k, largest=metric == "cosine")
             for qi, query in enumerate(queries):

@@ -73,6 +73,7 @@ class ExactHistogram:
         self.n_fixed = 0
         self._buf: torch.Tensor | None = None
         self._ar64 = torch.arange(64, device=device)
+        self._offset = torch.tensor(self.b + self.delta, dtype=dtype, device=device)
         self._q: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public
@@ -88,8 +89,8 @@ class ExactHistogram:
             return self._exact(v.reshape(-1))
         n = v.numel()
         buf, q = self._buffers(n)
-        torch.mul(v, self.a, out=buf.view(v.shape))
-        buf.add_(self.b + self.delta)  # position + delta: bins are right except near edges
+        # position + delta (one fused pass): bins are right except near edges
+        torch.add(self._offset, v, alpha=self.a, out=buf.view(v.shape))
         if self.clamp:
             buf.clamp_(0.5, self.nb + 1.5)
         if self.qdtype == torch.uint8:
@@ -155,7 +156,9 @@ class ExactHistogram:
             return torch.bincount(q.to(torch.int64), minlength=m)[:m]
         n2 = q.numel() // 2 * 2
         # two uint8 bin ids read as one int16 (both < 128): half the elements to count
-        pairs = torch.bincount(q[:n2].view(torch.int16).to(torch.int32), minlength=128 * 256)
+        both = q[:n2].view(torch.int16)  # non-negative: the high byte is < 128
+        pairs = torch.bincount(both if both.device.type == "cpu" else both.to(torch.int32),
+                               minlength=128 * 256)
         grid = pairs[: 128 * 256].view(128, 256)
         counts = grid.sum(0)[:m] + grid.sum(1)[:m]
         if n2 < q.numel():

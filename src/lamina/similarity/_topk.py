@@ -89,20 +89,27 @@ class TopK:
         """Scores ``s`` (R, C) of rows ``r0:r0+R`` against columns ``c0:c0+C``."""
         n_rows, n_cols = s.shape
         c = self.chunk
-        if n_cols % c or n_cols // c <= self.k:
+        full = n_cols - n_cols % c
+        if full // c <= self.k:
             return self._plain(s, r0, c0)
-        view = s.view(n_rows, n_cols // c, c)
+        # chunks of the first `full` columns (a strided view, no copy); the rest directly
+        view = s.as_strided((n_rows, full // c, c), (s.stride(0), c, 1))
         self._candidates(view.amax(2), r0, lambda i, j: view[i, j], c0, c)
+        if full < n_cols:
+            self._plain(s[:, full:], r0, c0 + full)
 
     def update_cols(self, s: torch.Tensor, r0: int, c0: int) -> None:
         """The transposed direction: scores ``s`` (R, C) as candidates for rows ``c0:c0+C``
         (the columns), with column positions ``r0:r0+R``."""
         n_rows, n_cols = s.shape
         c = self.col_chunk  # short chunks: their entries are far apart in memory
-        if n_rows % c or n_rows // c <= self.k:
+        full = n_rows - n_rows % c
+        if full // c <= self.k:
             return self._plain(s.T.contiguous(), c0, r0)
-        view = s.view(n_rows // c, c, n_cols)
+        view = s[:full].view(full // c, c, n_cols)
         self._candidates(view.amax(1).T.contiguous(), c0, lambda i, j: view[j, :, i], r0, c)
+        if full < n_rows:
+            self._plain(s[full:].T.contiguous(), c0, r0 + full)
 
 
 def merge_topk(parts: list[TopK]) -> tuple[torch.Tensor, torch.Tensor]:

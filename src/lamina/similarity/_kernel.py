@@ -25,11 +25,13 @@ def pair_values(
     sq_b: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     low_out: list | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Values (R, C) of ``metric`` between prepared rows ``a`` (R, d) and ``b`` (C, d).
     Products run in ``a.dtype``; results are in ``value``. Cosine and correlation are clamped to
     [-1, 1]; euclidean is ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``. When products run in lower
-    precision, their raw result is appended to ``low_out``."""
+    precision, their raw result is appended to ``low_out``; ``clamp=False`` leaves bounded
+    values unclamped (for fast-mode top-k candidates, re-scored later)."""
     if a.dtype == value:
         s = torch.mm(a, b.T, out=out) if out is not None else torch.mm(a, b.T)
     else:
@@ -37,7 +39,7 @@ def pair_values(
         s = out.copy_(low) if out is not None else low.to(value)
         if low_out is not None:
             low_out.append(low)
-    if metric in BOUNDED:
+    if metric in BOUNDED and clamp:
         s.clamp_(-1.0, 1.0)
     elif metric == "euclidean":
         s.mul_(-2.0).add_(sq_a[:, None]).add_(sq_b[None, :]).clamp_min_(0.0).sqrt_()
@@ -91,7 +93,8 @@ class _Walk:
                 self.bar.update(1)
 
 
-def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Walk) -> Any:
+def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Walk,
+          low_only: bool = False) -> Any:
     self_pairs = py is None
     other = px if self_pairs else py
     value, fast = px.precision.value, px.precision.fast
@@ -110,7 +113,7 @@ def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Wa
                 a, b, px.metric, value,
                 px.sqnorm[r0:r1] if euclid else None,
                 other.sqnorm[c0:c1] if euclid else None,
-                out=out, low_out=low if fast else None,
+                out=out, low_out=low if fast else None, clamp=not (fast and low_only),
             )
             consumer.consume(Block(s, r0, c0, self_pairs and c0 == r0, low[0] if low else None))
             walk.done()
@@ -134,10 +137,13 @@ def walk_blocks(
     make_consumer: Callable[[], Any],
     workers: int | None = None,
     progress: bool = False,
+    low_only: bool = False,
 ) -> list[Any]:
     """Compute every block pair (the upper triangle for self-similarity) and hand each to a
     consumer's ``consume(block)``; one consumer per worker thread, returned for merging.
-    The block values live in a buffer reused by the worker: consume them at once."""
+    The block values live in a buffer reused by the worker: consume them at once.
+    ``low_only`` (fast mode): the block's values are the low-precision products converted but
+    not clamped, for consumers that take moments from bit patterns and re-score top-k."""
     pairs = block_pairs(px.n, None if py is None else py.n, size)
     workers = default_workers(px.device) if workers is None else max(1, int(workers))
     workers = min(workers, len(pairs))
@@ -149,12 +155,12 @@ def walk_blocks(
     walk = _Walk(pairs, bar)
     try:
         if workers == 1:
-            return [_work(px, py, size, make_consumer(), walk)]
+            return [_work(px, py, size, make_consumer(), walk, low_only)]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                futures = [pool.submit(_work, px, py, size, make_consumer(), walk)
+                futures = [pool.submit(_work, px, py, size, make_consumer(), walk, low_only)
                            for _ in range(workers)]
                 return [f.result() for f in futures]
         finally:

@@ -163,7 +163,11 @@ def scan(
         if needs_rescoring(px):
             plan.candidate = candidate_threshold(threshold, threshold_below, px, other)
 
-    consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress)
+    # fast mode without thresholded pairs: moments and histogram come from the bit patterns
+    # and top-k is re-scored, so the low-precision products are used as they are
+    low_only = plan.patterns is not None and plan.guard is None
+    consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
+                            low_only=low_only)
     merged = merge(consumers)
     result = ScanResult(
         metric=metric, count=merged["count"], mean=merged["mean"], std=merged["std"],

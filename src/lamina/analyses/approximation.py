@@ -72,7 +72,8 @@ class BlockSums:
 
 
 def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
-               self_rows: np.ndarray, grid: Sequence[float]) -> BlockSums:
+               self_rows: np.ndarray, grid: Sequence[float], progress: bool = False
+               ) -> BlockSums:
     """Sum the next-token counts of the stored strings at or above every threshold of ``grid``
     for the prompts ``x`` (one streaming pass over the stored site: the matches are never
     listed, they can be billions). Without self: each prompt's own row (``self_rows``, -1 when
@@ -80,7 +81,7 @@ def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
     vocab = counts.shape[1]
     weights = sp.hstack([counts, np.ones((counts.shape[0], 1))]).tocsr()  # last: matches
     y = store[site].flat()
-    sums = threshold_sums(x, y, weights, grid)  # (n, G, vocab + 1)
+    sums = threshold_sums(x, y, weights, grid, progress=progress)  # (n, G, vocab + 1)
     own_counts = np.zeros((len(x), vocab))
     own_sim = np.full(len(x), -np.inf)
     has = self_rows >= 0
@@ -207,7 +208,8 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                   weights: Sequence[float] | None = None, exclude_self: bool = False,
                   tune: Any = 500, seed: int = 1337,
                   site: str = "blocks.{b}.hook_mlp_out",
-                  baseline: Model | str | None = None) -> ApproximationResult:
+                  baseline: Model | str | None = None,
+                  progress: bool = True) -> ApproximationResult:
     """Approximate the model's next-token distribution from similar stored strings.
 
     Args:
@@ -223,6 +225,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
             its Hellinger distance to ``model`` on the same prompts is the ``baseline_hellinger``
             column and ``summary["baseline"]``, the scale against which the approximation's
             distance means something.
+        progress: a progress bar for each block's pass over the store.
     """
     model = load(model)
     store.check_model(model)
@@ -240,7 +243,8 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
     def sums_for(texts: list[str], grids: list[Sequence[float]]) -> list[BlockSums]:
         acts = model.collect(texts, sites, positions=store.manifest["positions"])
         self_rows = np.array([row_of.get(t, -1) for t in texts])
-        return [block_sums(acts[s].flatten(1).float(), store, s, counts, self_rows, g)
+        return [block_sums(acts[s].flatten(1).float(), store, s, counts, self_rows, g,
+                           progress)
                 for s, g in zip(sites, grids, strict=True)]
 
     fitted = thresholds is None or weights is None

@@ -296,3 +296,10 @@ def test_raw_weights_are_never_rewritten(minilm: lamina.Model) -> None:
     assert minilm.processing == []
     acts = minilm.collect(["x"], "hidden.1")
     assert acts.meta["processing"] == ["none (raw weights)"]
+
+
+def test_a_module_that_never_runs_is_a_clear_error() -> None:
+    model = tiny("gpt2")
+    model.hf_model.transformer.unused = torch.nn.Linear(4, 4)  # registered, never called
+    with pytest.raises(LaminaError, match="never reached .*load it again"):
+        model.collect(["hello world"], "module:transformer.unused")

@@ -293,5 +293,7 @@ def run_capture(
     if missing:
         raise LaminaError(
             f"The forward pass never reached {missing}: the module did not run for these inputs."
+            " If another library replaced the model's modules in place after loading (e.g. a"
+            " TransformerLens bridge booted on the same model), load it again with lamina.load."
         )
     return {s.name: recorder.buffers[s.name] for s in sites}, lengths, picks

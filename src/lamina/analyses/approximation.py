@@ -33,9 +33,7 @@ from lamina.store import Store
 
 STUDY_THRESHOLDS = (0.95, 0.94, 0.85, 0.76, 0.81, 0.89)
 STUDY_WEIGHTS = (0.01, 0.01, 0.1, 1.5, 6.0, 0.01)
-#: thresholds tried when fitting: 0.70 to 0.98 by 0.02, then 0.99 and 0.995 (high-similarity
-#: matches carry most of the signal in some blocks)
-THRESHOLD_GRID = (*(float(t) for t in np.round(np.arange(0.70, 0.981, 0.02), 2)), 0.99, 0.995)
+THRESHOLD_GRID = tuple(np.round(np.arange(0.70, 0.991, 0.02), 2))
 WEIGHT_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 

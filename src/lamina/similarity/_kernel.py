@@ -94,7 +94,7 @@ class _Walk:
 
 
 def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Walk,
-          low_only: bool = False) -> Any:
+          clamp: bool = True) -> Any:
     self_pairs = py is None
     other = px if self_pairs else py
     value, fast = px.precision.value, px.precision.fast
@@ -113,7 +113,7 @@ def _work(px: Prepared, py: Prepared | None, size: int, consumer: Any, walk: _Wa
                 a, b, px.metric, value,
                 px.sqnorm[r0:r1] if euclid else None,
                 other.sqnorm[c0:c1] if euclid else None,
-                out=out, low_out=low if fast else None, clamp=not (fast and low_only),
+                out=out, low_out=low if fast else None, clamp=clamp,
             )
             consumer.consume(Block(s, r0, c0, self_pairs and c0 == r0, low[0] if low else None))
             walk.done()
@@ -137,13 +137,13 @@ def walk_blocks(
     make_consumer: Callable[[], Any],
     workers: int | None = None,
     progress: bool = False,
-    low_only: bool = False,
+    clamp: bool = True,
 ) -> list[Any]:
     """Compute every block pair (the upper triangle for self-similarity) and hand each to a
     consumer's ``consume(block)``; one consumer per worker thread, returned for merging.
     The block values live in a buffer reused by the worker: consume them at once.
-    ``low_only`` (fast mode): the block's values are the low-precision products converted but
-    not clamped, for consumers that take moments from bit patterns and re-score top-k."""
+    ``clamp=False`` leaves bounded values unclamped (fast mode, for consumers that take moments
+    from bit patterns and re-score top-k)."""
     pairs = block_pairs(px.n, None if py is None else py.n, size)
     workers = default_workers(px.device) if workers is None else max(1, int(workers))
     workers = min(workers, len(pairs))
@@ -155,12 +155,12 @@ def walk_blocks(
     walk = _Walk(pairs, bar)
     try:
         if workers == 1:
-            return [_work(px, py, size, make_consumer(), walk, low_only)]
+            return [_work(px, py, size, make_consumer(), walk, clamp)]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                futures = [pool.submit(_work, px, py, size, make_consumer(), walk, low_only)
+                futures = [pool.submit(_work, px, py, size, make_consumer(), walk, clamp)
                            for _ in range(workers)]
                 return [f.result() for f in futures]
         finally:

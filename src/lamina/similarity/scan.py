@@ -164,10 +164,10 @@ def scan(
             plan.candidate = candidate_threshold(threshold, threshold_below, px, other)
 
     # fast mode without thresholded pairs: moments and histogram come from the bit patterns
-    # and top-k is re-scored, so the low-precision products are used as they are
-    low_only = plan.patterns is not None and plan.guard is None
+    # and top-k is re-scored, so the values need no clamping
+    clamp = plan.patterns is None or plan.guard is not None
     consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
-                            low_only=low_only)
+                            clamp=clamp)
     merged = merge(consumers)
     result = ScanResult(
         metric=metric, count=merged["count"], mean=merged["mean"], std=merged["std"],

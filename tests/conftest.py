@@ -109,3 +109,15 @@ def minilm() -> lamina.Model:
 @pytest.fixture(params=list(FAMILIES))
 def family_model(request: pytest.FixtureRequest) -> lamina.Model:
     return tiny(request.param)
+
+
+@pytest.fixture(scope="module", params=["fused", "torch"])
+def epilogue(request):
+    """Runs a module's scans with the compiled CPU epilogue and with the torch passes (what
+    CUDA uses), so both stay tested against brute force on a CPU-only machine."""
+    from lamina.similarity import _fused
+
+    before = _fused.ENABLED
+    _fused.ENABLED = request.param == "fused"
+    yield request.param
+    _fused.ENABLED = before

@@ -15,6 +15,9 @@ import lamina.similarity as sim
 from lamina.errors import LaminaError
 from sim_brute import full, upper
 
+# every test runs with both CPU epilogues (see conftest.epilogue)
+pytestmark = pytest.mark.usefixtures("epilogue")
+
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 

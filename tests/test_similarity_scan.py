@@ -10,6 +10,9 @@ import lamina.similarity as sim
 from lamina.errors import LaminaError
 from sim_brute import full, near_edges, topk_reference, upper
 
+# every test runs with both CPU epilogues (see conftest.epilogue)
+pytestmark = pytest.mark.usefixtures("epilogue")
+
 
 @pytest.fixture(scope="module")
 def data() -> np.ndarray:
@@ -91,6 +94,22 @@ def test_topk_values_equal_brute_force_and_indices_point_at_them(data, metric, l
     np.testing.assert_allclose(at, res.topk_values[rows], rtol=1e-5, atol=1e-5)
     assert not np.any(res.topk_indices[rows] == rows[:, None])  # self excluded
     assert not np.isin(20, res.topk_indices) or metric in ("dot", "euclidean")
+
+
+@pytest.mark.parametrize("k,workers", [(1, 3), (2, 1), (40, 2), (698, 2)])
+def test_topk_of_any_size_with_workers_sharing_bounds_equals_brute_force(data, k, workers):
+    """k from 1 to every other usable row; workers keep their own lists but share the bounds
+    that decide which entries are looked at, in both directions of the upper triangle."""
+    ref = full(data, "cosine")
+    res = sim.scan(data, topk=k, block_size=96, workers=workers)
+    usable = ~np.isnan(ref).all(1)
+    expected = topk_reference(ref, k, True, self_pairs=True)
+    np.testing.assert_allclose(res.topk_values[usable], expected[usable], atol=2e-6)
+    rows = np.flatnonzero(usable)
+    at = ref[rows[:, None], res.topk_indices[rows]]
+    np.testing.assert_allclose(at, res.topk_values[rows], atol=2e-6)
+    if k == 698:  # every other usable row exactly once
+        assert all(len(set(ids)) == k for ids in res.topk_indices[rows])
 
 
 def test_duplicates_are_each_others_nearest_neighbours(data):

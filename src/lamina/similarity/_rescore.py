@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 
@@ -52,6 +53,13 @@ def rescore_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` among candidate columns ``cand`` (n, kc) of every row of x."""
     n, kc = cand.shape
+    if _in_memory_cpu(px, py) and px.metric != "euclidean" and px.precision.value == torch.float32:
+        v = torch.empty((n, kc), dtype=torch.float32)
+        candidate_dots(px.data.numpy(), py.data.numpy(), cand.numpy(), v.numpy())
+        if px.metric in BOUNDED:
+            v.clamp_(-1.0, 1.0)
+        top_v, top_p = torch.topk(v, k, dim=1, largest=largest)
+        return top_v, torch.gather(cand, 1, top_p)
     step = max(1, budget // 4 // (kc * px.d * 8 * 3))
     vals, idx = [], []
     for s in range(0, n, step):
@@ -68,6 +76,24 @@ def rescore_topk(
         vals.append(top_v)
         idx.append(torch.gather(c, 1, top_p))
     return torch.cat(vals), torch.cat(idx)
+
+
+def _in_memory_cpu(px: Prepared, py: Prepared) -> bool:
+    return all(p.data is not None and p.device.type == "cpu" for p in (px, py))
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+def candidate_dots(a, b, cand, out):
+    """``out[i, c] = a[i] . b[cand[i, c]]`` in float32 (a (n, d), b (m, d), cand (n, kc)):
+    the candidates' values without gathering (n, kc, d) rows."""
+    for i in range(cand.shape[0]):
+        row = a[i]
+        for c in range(cand.shape[1]):
+            other = b[cand[i, c]]
+            acc = np.float32(0.0)
+            for t in range(row.shape[0]):
+                acc += row[t] * other[t]
+            out[i, c] = acc
 
 
 def candidate_threshold(

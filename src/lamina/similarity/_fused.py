@@ -1,0 +1,273 @@
+"""The CPU epilogue of a scan as one compiled pass per block row (numba).
+
+While a row of block values sits in the L1 cache, one vectorised loop takes its moments (sum,
+sum of squares about the shift, min and max through order-preserving integer keys of the
+float bits), a second its histogram positions, a third counts the bins; then the row is
+compared, chunk by chunk, with its own top-k bound and (upper-triangle scans) with the bounds
+of the lists of its columns, and only chunks holding an entry above a bound are visited
+entry by entry. The lists are min-heaps. The torch passes of :mod:`_hist`, :mod:`_accum` and
+:mod:`_topk` read a block about ten times; this reads it once per row and is what float32
+scans on CPU use (the torch passes remain for CUDA and float64). Same rules as those passes:
+numpy's bins (values within ``lim`` of an edge re-binned exactly in float64), and an entry
+enters a top-k list only when strictly above its k-th best and the shared bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from lamina.similarity._kernel import upper_pieces
+
+#: CPU float32 scans use this epilogue; False switches them to the torch passes (used on CUDA)
+ENABLED = True
+CHUNK = 64  # entries per candidate test of a row
+_FM = {"reassoc", "nsz"}  # reorder reductions (vectorise); no contraction, no inf/nan games
+_I32_MAX, _I32_MIN = np.int32(2**31 - 1), np.int32(-(2**31))
+_LOW7 = np.int32(0x7FFFFFFF)
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def _clip(v, lo, hi):
+    v = v if v > lo else lo
+    return v if v < hi else hi
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def _row_moments(r, bits, lo, hi, shift, ext):
+    """Sum and shifted sum of squares of ``r`` (clipped); min/max keys into ``ext``. (Loops
+    start at 0 throughout: with a variable start LLVM does not vectorise them.)"""
+    total = np.float32(0.0)
+    sq = np.float32(0.0)
+    kmin, kmax = _I32_MAX, _I32_MIN
+    for j in range(r.shape[0]):
+        v = _clip(r[j], lo, hi)
+        total += v
+        w = v - shift
+        sq += w * w
+        b = bits[j]
+        key = b ^ ((b >> 31) & _LOW7)  # float order as int order
+        kmin = min(kmin, key)
+        kmax = max(kmax, key)
+    ext[0] = min(ext[0], kmin)
+    ext[1] = max(ext[1], kmax)
+    return total, sq
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def _row_positions(r, lo, hi, a, off, top, lim, q):
+    """Bin ids (0 below, nb+1 above) of ``r`` into ``q``; how many lie near an edge."""
+    near = 0
+    for j in range(r.shape[0]):
+        p = _clip(r[j], lo, hi) * a + off
+        p = _clip(p, np.float32(0.5), top)
+        k = np.int32(p)
+        q[j] = k
+        near += (p - np.float32(k)) < lim
+    return near
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def _exact_bin(v, edges):
+    """numpy's rule in float64: edges[k-1] <= v < edges[k]; the last edge belongs to bin nb."""
+    nb = edges.shape[0] - 1
+    if v == edges[nb]:
+        return nb
+    return np.searchsorted(edges, v, side="right")
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def _row_histogram(r, lo, hi, a, off, top, lim, q, near, edges, hist):
+    for j in range(r.shape[0]):
+        hist[j & 3, q[j]] += 1
+    fixed = 0
+    if near:  # re-bin exactly, with twice the margin (the loops may round differently)
+        for j in range(r.shape[0]):
+            v = _clip(r[j], lo, hi)
+            p = _clip(v * a + off, np.float32(0.5), top)
+            if p - np.float32(np.int32(p)) < 2 * lim:
+                hist[0, q[j]] -= 1
+                hist[0, _exact_bin(np.float64(v), edges)] += 1
+                fixed += 1
+    return fixed
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def _insert(row, w, col, vals, idx, bound):
+    """Replace the smallest entry of list ``row`` (a min-heap: ``vals[row, 0]`` is its k-th
+    best) by ``w`` (column ``col``) and restore the heap; returns the row's new bound."""
+    lst, ids = vals[row], idx[row]
+    k = lst.shape[0]
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= k:
+            break
+        if c + 1 < k and lst[c + 1] < lst[c]:
+            c += 1
+        if lst[c] >= w:
+            break
+        lst[p] = lst[c]
+        ids[p] = ids[c]
+        p = c
+    lst[p] = w
+    ids[p] = col
+    if lst[0] > bound[row]:
+        bound[row] = lst[0]
+    return max(lst[0], bound[row])
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def _count_above(r, sign, thr):
+    """How many of ``sign * r`` exceed ``thr`` (unclipped: a superset of the clipped)."""
+    above = 0
+    for j in range(r.shape[0]):
+        above += sign * r[j] > thr
+    return above
+
+
+@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def _count_above_either(r, sign, thr, thr_cols):
+    """How many of ``sign * r[j]`` exceed ``thr`` or ``thr_cols[j]``."""
+    above = 0
+    for j in range(r.shape[0]):
+        w = sign * r[j]
+        above += (w > thr) | (w > thr_cols[j])
+    return above
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def _row_topk(r, self_col, lo, hi, sign, row, c0, r0, vals, idx, bound, thr_cols, cols):
+    """Entries of row ``r`` (list ``row``; its own column ``self_col``, or -1) above the row's
+    bound enter its list and, with ``cols``, entries above their column's bound ``thr_cols[j]``
+    enter list ``c0 + j`` (id ``r0``); looked for in chunks of ``CHUNK`` whose count above the
+    bounds is not zero."""
+    thr = max(vals[row, 0], bound[row])
+    n = r.shape[0]
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        if cols:
+            if _count_above_either(r[start:stop], sign, thr, thr_cols[start:stop]) == 0:
+                continue
+        elif _count_above(r[start:stop], sign, thr) == 0:
+            continue
+        for j in range(start, stop):
+            w = sign * _clip(r[j], lo, hi)
+            if w > thr and j != self_col:
+                thr = _insert(row, w, c0 + j, vals, idx, bound)
+            if cols and w > thr_cols[j]:
+                thr_cols[j] = _insert(c0 + j, w, r0, vals, idx, bound)
+
+
+@numba.njit(nogil=True, boundscheck=False, cache=True)
+def block_epilogue(s, bits, r0, c0, diag, lo, hi, shift, mom, ext,
+                   hist_on, a, off, top, lim, edges, hist, q,
+                   k_on, cols, sign, vals, idx, bound, thr_cols):
+    """Everything a scan takes from block values ``s`` (R, C) float32 (``bits``: the same
+    memory as int32) of rows ``r0:r0+R`` against columns ``c0:c0+C``. ``diag``: a self block
+    (pairs j > i count; top-k skips j == i and the square gives both directions). Values are
+    clipped to [lo, hi]. Adds to ``mom`` (count, sum, sum of squares about ``shift``), ``ext``
+    (min/max keys) and ``hist`` (4, nb+2); updates the top-k lists (values ``sign`` * v).
+    Returns the number of values re-binned exactly."""
+    n_rows = s.shape[0]
+    fixed = 0
+    if k_on and cols:
+        for j in range(thr_cols.shape[0]):
+            thr_cols[j] = max(vals[c0 + j, 0], bound[c0 + j])
+    for i in range(n_rows):
+        r = s[i]
+        j0 = i + 1 if diag else 0
+        pairs = r[j0:]
+        total, sq = _row_moments(pairs, bits[i, j0:], lo, hi, shift, ext)
+        mom[0] += pairs.shape[0]
+        mom[1] += total
+        mom[2] += sq
+        if hist_on:
+            near = _row_positions(pairs, lo, hi, a, off, top, lim, q)
+            fixed += _row_histogram(pairs, lo, hi, a, off, top, lim, q, near, edges, hist)
+        if k_on:
+            self_col = i if diag else -1
+            _row_topk(r, self_col, lo, hi, sign, r0 + i, c0, r0 + i, vals, idx, bound, thr_cols,
+                      cols)
+    return fixed
+
+
+def key_to_float(key: int) -> float:
+    """The float32 whose order-preserving integer key is ``key``."""
+    k = np.int32(key)
+    bits = np.array([k ^ ((k >> 31) & _LOW7)], dtype=np.int32)
+    return float(bits.view(np.float32)[0])
+
+
+class FusedEpilogue:
+    """Runs :func:`block_epilogue` for one worker's :class:`ScanConsumer`, accumulating in
+    numpy and handing the totals to the consumer's moments, histogram and top-k at ``flush``."""
+
+    def __init__(self, consumer: Any) -> None:
+        plan = consumer.plan
+        self.consumer = consumer
+        inf = np.float32(np.inf)
+        self.lo, self.hi = (np.float32(-1), np.float32(1)) if plan.bounded else (-inf, inf)
+        self.shift = np.float32(plan.shift or 0.0)
+        self.mom = np.zeros(3)
+        self.ext = np.array([_I32_MAX, _I32_MIN], dtype=np.int32)
+        self.fixed = 0
+        hist = consumer.hist
+        self.hist_on = hist is not None and hist.affine
+        nb = 0 if hist is None else hist.nb
+        self.hist4 = np.zeros((4, nb + 2), dtype=np.int64)
+        self.edges = np.zeros(2) if hist is None else hist.edges64.numpy()
+        self.affine = (np.float32(0), np.float32(0), np.float32(0), np.float32(0))
+        if self.hist_on:
+            self.affine = (np.float32(hist.a), np.float32(hist.b + hist.delta),
+                           np.float32(nb + 1.5), np.float32(2 * hist.delta))
+        top = consumer.topk
+        self.k_on = top is not None
+        self.sign = np.float32(1.0 if plan.largest else -1.0)
+        dummy = np.zeros((1, 1), dtype=np.float32)
+        self.lists = (dummy, np.zeros((1, 1), np.int64), dummy[0])
+        if top is not None:  # min-heaps: any order is a valid list for merge_topk
+            self.lists = (top.values.numpy(), top.indices.numpy(), top.bound.numpy())
+        self.q = np.empty(0, dtype=np.int32)
+        self.thr_cols = np.empty(0, dtype=np.float32)
+
+    def consume(self, blk: Any) -> None:
+        s = blk.values.numpy()
+        n_rows, n_cols = s.shape
+        cols = self.consumer.plan.self_pairs and not blk.diagonal
+        if len(self.q) < n_cols:
+            self.q = np.empty(n_cols, dtype=np.int32)
+            self.thr_cols = np.empty(n_cols, dtype=np.float32)
+        self.fixed += block_epilogue(
+            s, s.view(np.int32), blk.r0, blk.c0, blk.diagonal, self.lo, self.hi, self.shift,
+            self.mom, self.ext, self.hist_on, *self.affine, self.edges, self.hist4, self.q,
+            self.k_on, cols, self.sign, *self.lists, self.thr_cols[:n_cols],
+        )
+        c = self.consumer
+        if c.hist is not None and not self.hist_on:  # uneven edges: torch's exact binning
+            for v in upper_pieces(blk.values, c.masks) if blk.diagonal else [blk.values]:
+                c.hist.add(v)
+        if c.pairs is not None:
+            c.pairs.add(blk.values, blk.r0, blk.c0, blk.diagonal)
+
+    def flush(self) -> None:
+        """Move the accumulated totals into the consumer's accumulators (then start afresh)."""
+        c = self.consumer
+        m = c.moments
+        m.shift = float(self.shift)
+        if self.mom[0]:
+            m.count += int(self.mom[0])
+            m.total += float(self.mom[1])
+            m.sq += float(self.mom[2])
+            clip = (float(self.lo), float(self.hi))
+            m.vmin = min(m.vmin, min(max(key_to_float(self.ext[0]), clip[0]), clip[1]))
+            m.vmax = max(m.vmax, min(max(key_to_float(self.ext[1]), clip[0]), clip[1]))
+        if self.hist_on:
+            c.hist.counts += torch.from_numpy(self.hist4.sum(0))
+            c.hist.n_fixed += self.fixed
+        self.mom[:] = 0
+        self.ext[:] = (_I32_MAX, _I32_MIN)
+        self.hist4[:] = 0
+        self.fixed = 0

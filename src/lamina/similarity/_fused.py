@@ -29,13 +29,28 @@ _I32_MAX, _I32_MIN = np.int32(2**31 - 1), np.int32(-(2**31))
 _LOW7 = np.int32(0x7FFFFFFF)
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+def jit(fastmath: Any = False) -> Any:
+    """``numba.njit`` without the GIL or bounds checks, cached on disk where numba finds a
+    writable place (next to this file or the user's cache directory); without one (read-only
+    installs and homes), compiled once per process instead of failing at import."""
+
+    def decorate(fn: Any) -> Any:
+        opts = dict(nogil=True, boundscheck=False, fastmath=fastmath)
+        try:
+            return numba.njit(cache=True, **opts)(fn)
+        except RuntimeError:  # "no locator available": nowhere to cache
+            return numba.njit(**opts)(fn)
+
+    return decorate
+
+
+@jit(fastmath=_FM)
 def _clip(v, lo, hi):
     v = v if v > lo else lo
     return v if v < hi else hi
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+@jit(fastmath=_FM)
 def _row_moments(r, bits, lo, hi, shift, ext):
     """Sum and shifted sum of squares of ``r`` (clipped); min/max keys into ``ext``. (Loops
     start at 0 throughout: with a variable start LLVM does not vectorise them.)"""
@@ -56,7 +71,7 @@ def _row_moments(r, bits, lo, hi, shift, ext):
     return total, sq
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+@jit(fastmath=_FM)
 def _row_positions(r, lo, hi, a, off, top, lim, q):
     """Bin ids (0 below, nb+1 above) of ``r`` into ``q``; how many lie near an edge."""
     near = 0
@@ -69,7 +84,7 @@ def _row_positions(r, lo, hi, a, off, top, lim, q):
     return near
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@jit()
 def _exact_bin(v, edges):
     """numpy's rule in float64: edges[k-1] <= v < edges[k]; the last edge belongs to bin nb."""
     nb = edges.shape[0] - 1
@@ -78,7 +93,7 @@ def _exact_bin(v, edges):
     return np.searchsorted(edges, v, side="right")
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@jit()
 def _row_histogram(r, lo, hi, a, off, top, lim, q, near, edges, hist):
     for j in range(r.shape[0]):
         hist[j & 3, q[j]] += 1
@@ -94,7 +109,7 @@ def _row_histogram(r, lo, hi, a, off, top, lim, q, near, edges, hist):
     return fixed
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@jit()
 def _insert(row, w, col, vals, idx, bound):
     """Replace the smallest entry of list ``row`` (a min-heap: ``vals[row, 0]`` is its k-th
     best) by ``w`` (column ``col``) and restore the heap; returns the row's new bound."""
@@ -119,7 +134,7 @@ def _insert(row, w, col, vals, idx, bound):
     return max(lst[0], bound[row])
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+@jit(fastmath=_FM)
 def _count_above(r, sign, thr):
     """How many of ``sign * r`` exceed ``thr`` (unclipped: a superset of the clipped)."""
     above = 0
@@ -128,7 +143,7 @@ def _count_above(r, sign, thr):
     return above
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath=_FM, cache=True)
+@jit(fastmath=_FM)
 def _count_above_either(r, sign, thr, thr_cols):
     """How many of ``sign * r[j]`` exceed ``thr`` or ``thr_cols[j]``."""
     above = 0
@@ -138,7 +153,7 @@ def _count_above_either(r, sign, thr, thr_cols):
     return above
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@jit()
 def _row_topk(r, self_col, lo, hi, sign, row, c0, r0, vals, idx, bound, thr_cols, cols):
     """Entries of row ``r`` (list ``row``; its own column ``self_col``, or -1) above the row's
     bound enter its list and, with ``cols``, entries above their column's bound ``thr_cols[j]``
@@ -161,7 +176,7 @@ def _row_topk(r, self_col, lo, hi, sign, row, c0, r0, vals, idx, bound, thr_cols
                 thr_cols[j] = _insert(c0 + j, w, r0, vals, idx, bound)
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@jit()
 def block_epilogue(s, bits, r0, c0, diag, lo, hi, shift, mom, ext,
                    hist_on, a, off, top, lim, edges, hist, q,
                    k_on, cols, sign, vals, idx, bound, thr_cols):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 
 from lamina.similarity._blocks import BOUNDED, Prepared
+from lamina.similarity._fused import jit
 
 
 def needs_rescoring(px: Prepared) -> bool:
@@ -82,7 +82,7 @@ def _in_memory_cpu(px: Prepared, py: Prepared) -> bool:
     return all(p.data is not None and p.device.type == "cpu" for p in (px, py))
 
 
-@numba.njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+@jit(fastmath={"reassoc", "nsz"})
 def candidate_dots(a, b, cand, out):
     """``out[i, c] = a[i] . b[cand[i, c]]`` in float32 (a (n, d), b (m, d), cand (n, kc)):
     the candidates' values without gathering (n, kc, d) rows."""

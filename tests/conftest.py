@@ -113,8 +113,9 @@ def family_model(request: pytest.FixtureRequest) -> lamina.Model:
 
 @pytest.fixture(scope="module", params=["fused", "torch"])
 def epilogue(request):
-    """Runs a module's scans with the compiled CPU epilogue and with the torch passes (what
-    CUDA uses), so both stay tested against brute force on a CPU-only machine."""
+    """Runs a module's scans and threshold sums with the compiled CPU kernels and with the
+    torch passes (what CUDA uses), so both stay tested against brute force on a CPU-only
+    machine."""
     from lamina.similarity import _fused
 
     before = _fused.ENABLED

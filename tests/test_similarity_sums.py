@@ -13,6 +13,9 @@ from safetensors.torch import save_file
 import lamina.similarity as sim
 from lamina import store as lstore
 
+# every test runs with the compiled CPU kernel and with the mask products (see conftest)
+pytestmark = pytest.mark.usefixtures("epilogue")
+
 
 def brute(x: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds, metric: str) -> np.ndarray:
     """Explicit float32 values (the engine's own kernel, via matrix()) and numpy sums."""

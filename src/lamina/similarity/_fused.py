@@ -21,7 +21,8 @@ import torch
 
 from lamina.similarity._kernel import upper_pieces
 
-#: CPU float32 scans use this epilogue; False switches them to the torch passes (used on CUDA)
+#: CPU float32 scans use this epilogue and threshold_sums its kernel; False switches both to
+#: the torch passes (what CUDA uses)
 ENABLED = True
 CHUNK = 64  # entries per candidate test of a row
 _FM = {"reassoc", "nsz"}  # reorder reductions (vectorise); no contraction, no inf/nan games

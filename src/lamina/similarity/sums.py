@@ -5,7 +5,8 @@ This is what "sum the next-token counts of every stored string at least this sim
 prompt" needs at scale: the pairs above a threshold can be billions (a few percent of
 20,000 x 858,923), far too many to list, but their weighted sums are one extra matrix product
 per block, ``(values >= t) @ weights``, so memory stays at a block and the cost stays close to
-that of the similarities themselves.
+that of the similarities themselves. On CPU a compiled kernel replaces that product: it lists
+each row's members and adds their weights, which costs less while members are few.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.similarity import _fused
 from lamina.similarity._errors import SimilarityInputError
+from lamina.similarity._fused import jit
 from lamina.similarity._kernel import Block, walk_blocks
 
 
@@ -36,18 +39,58 @@ def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
     return w
 
 
+@jit()
+def _block_sums(s, thresholds, w, total, out, hits, acc):
+    """``out[i, g] += sum of w[j] over the j with s[i, j] >= thresholds[g]`` for block values
+    ``s`` (R, C) and weight rows ``w`` (C, m) (``total``: their column sums, float64). The
+    positions of a row's members are listed branch-free, then their weights added (float32
+    per row, like the product it replaces, then float64); past half the row, the non-members
+    are summed instead and taken from ``total``, so the cost is that of the smaller side."""
+    n_rows, n_cols = s.shape
+    m = w.shape[1]
+    for i in range(n_rows):
+        r = s[i]
+        for g in range(thresholds.shape[0]):
+            t = thresholds[g]
+            n = 0
+            for j in range(n_cols):
+                hits[n] = j
+                n += r[j] >= t
+            members = 2 * n <= n_cols
+            if not members:
+                n = 0
+                for j in range(n_cols):
+                    hits[n] = j
+                    n += r[j] < t
+            acc[:] = 0
+            for h in range(n):
+                wj = w[hits[h]]
+                for c in range(m):
+                    acc[c] += wj[c]
+            o = out[i, g]
+            for c in range(m):
+                o[c] += acc[c] if members else total[c] - acc[c]
+
+
 class _SumConsumer:
     def __init__(self, n_x: int, thresholds: torch.Tensor, w: torch.Tensor,
-                 y_rows: torch.Tensor) -> None:
+                 y_rows: torch.Tensor, compiled: bool = False) -> None:
         self.t = thresholds
         self.w, self.y_rows = w, y_rows
         self.out = torch.zeros(n_x, len(thresholds), w.shape[1], dtype=torch.float64,
                                device=w.device)
         self.mask: torch.Tensor | None = None
+        self.compiled = compiled  # CPU: the kernel above instead of mask products
 
     def consume(self, blk: Block) -> None:
         s = blk.values
         n_r, n_c = s.shape
+        if self.compiled:
+            w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c]).numpy()
+            return _block_sums(s.numpy(), self.t.numpy(), w, w.sum(0, dtype=np.float64),
+                               self.out.numpy()[blk.r0 : blk.r0 + n_r],
+                               np.empty(n_c, dtype=np.int64),
+                               np.empty(w.shape[1], dtype=np.float32))
         if self.mask is None or self.mask.numel() < s.numel():
             self.mask = torch.empty(s.numel(), dtype=self.w.dtype, device=s.device)
         mask = self.mask[: s.numel()].view(n_r, n_c)
@@ -95,8 +138,9 @@ def threshold_sums(
     w = _dense_weights(weights, len(py.source)).to(px.device)
     y_rows = torch.as_tensor(py.rows, device=px.device)
     thr = torch.as_tensor(t, dtype=torch.float32)
-    parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows), workers,
-                        progress)
+    compiled = _fused.ENABLED and px.device.type == "cpu"
+    parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows, compiled),
+                        workers, progress)
     usable = sum(p.out for p in parts).cpu().numpy()
     out = np.zeros((len(px.source), len(t), w.shape[1]), dtype=np.float64)
     out[px.rows] = usable

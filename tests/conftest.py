@@ -111,14 +111,14 @@ def family_model(request: pytest.FixtureRequest) -> lamina.Model:
     return tiny(request.param)
 
 
-@pytest.fixture(scope="module", params=["fused", "torch"])
+@pytest.fixture(scope="module", params=["compiled", "torch"])
 def epilogue(request):
     """Runs a module's scans and threshold sums with the compiled CPU kernels and with the
     torch passes (what CUDA uses), so both stay tested against brute force on a CPU-only
     machine."""
-    from lamina.similarity import _fused
+    from lamina.similarity import _cpu_kernels
 
-    before = _fused.ENABLED
-    _fused.ENABLED = request.param == "fused"
+    before = _cpu_kernels.ENABLED
+    _cpu_kernels.ENABLED = request.param == "compiled"
     yield request.param
-    _fused.ENABLED = before
+    _cpu_kernels.ENABLED = before

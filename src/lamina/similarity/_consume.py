@@ -15,7 +15,7 @@ from lamina.similarity._accum import (
     merge_moments,
     merge_pairs,
 )
-from lamina.similarity._fused import FusedEpilogue
+from lamina.similarity._cpu_kernels import CpuEpilogue
 from lamina.similarity._hist import ExactHistogram, PatternCounts
 from lamina.similarity._kernel import Block, upper_pieces
 from lamina.similarity._topk import TopK, merge_topk
@@ -40,7 +40,7 @@ class ScanPlan:
     shift: float | None = None
     patterns: torch.dtype | None = None  # fast mode: moments and histogram from bit patterns
     bounded: bool = False
-    fused: bool = False  # CPU float32: the compiled one-pass epilogue of _fused
+    cpu_kernels: bool = False  # CPU float32: the compiled one-pass epilogue of _cpu_kernels
 
 
 class ScanConsumer:
@@ -61,11 +61,11 @@ class ScanConsumer:
         if plan.k is not None:
             self.topk = TopK(plan.n_rows, plan.k, plan.device, bound=plan.bound)
         self.masks: dict = {}
-        self.fused = FusedEpilogue(self) if plan.fused else None
+        self.cpu = CpuEpilogue(self) if plan.cpu_kernels else None
 
     def consume(self, blk: Block) -> None:
-        if self.fused is not None:
-            return self.fused.consume(blk)
+        if self.cpu is not None:
+            return self.cpu.consume(blk)
         s = blk.values
         if self.patterns is not None and blk.low is not None:
             for v in upper_pieces(blk.low, self.masks) if blk.diagonal else [blk.low]:
@@ -93,8 +93,8 @@ def merge(consumers: list[ScanConsumer]) -> dict[str, Any]:
     """Moments, histogram counts, pairs and top-k of all workers."""
     plan = consumers[0].plan
     for c in consumers:
-        if c.fused is not None:
-            c.fused.flush()
+        if c.cpu is not None:
+            c.cpu.flush()
     if consumers[0].patterns is not None:
         counts = sum(c.patterns.counts for c in consumers).cpu().numpy()
         out: dict[str, Any] = PatternCounts.summarise(counts, plan.patterns, plan.bounded,

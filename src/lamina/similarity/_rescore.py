@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lamina.similarity._blocks import BOUNDED, Prepared
-from lamina.similarity._fused import jit
+from lamina.similarity._cpu_kernels import jit
 
 
 def needs_rescoring(px: Prepared) -> bool:

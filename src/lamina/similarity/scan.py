@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity import _fused
+from lamina.similarity import _cpu_kernels
 from lamina.similarity._accum import PairGuard, default_max_pairs, to_numpy
 from lamina.similarity._blocks import (
     BOUNDED,
@@ -134,11 +134,12 @@ def scan(
     precision, dev = px.precision, px.device
     n_other = other.n - (1 if py is None else 0)
 
+    compiled = _cpu_kernels.ENABLED and dev.type == "cpu" and precision.value == torch.float32
     plan = ScanPlan(dev, precision.value, px.n, py is None, largest,
                     shift=estimate_shift(px, py, budget), bounded=metric in BOUNDED,
-                    fused=_fused.ENABLED and dev.type == "cpu" and precision.value == torch.float32)
+                    cpu_kernels=compiled)
     if (precision.fast and precision.matmul.itemsize == 2 and metric != "euclidean"
-            and not plan.fused):
+            and not plan.cpu_kernels):
         plan.patterns = precision.matmul
     if topk is not None:
         k = check_int(topk, "topk")
@@ -166,9 +167,9 @@ def scan(
         if needs_rescoring(px):
             plan.candidate = candidate_threshold(threshold, threshold_below, px, other)
 
-    # the fused epilogue clips values itself; fast mode without thresholded pairs takes
+    # the CPU epilogue clips values itself; fast mode without thresholded pairs takes
     # moments and histogram from the bit patterns and re-scores top-k: no clamping needed
-    clamp = (plan.patterns is None and not plan.fused) or plan.guard is not None
+    clamp = (plan.patterns is None and not plan.cpu_kernels) or plan.guard is not None
     consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
                             clamp=clamp)
     merged = merge(consumers)

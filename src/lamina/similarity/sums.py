@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity import _fused
+from lamina.similarity import _cpu_kernels
+from lamina.similarity._cpu_kernels import jit
 from lamina.similarity._errors import SimilarityInputError
-from lamina.similarity._fused import jit
 from lamina.similarity._kernel import Block, walk_blocks
 
 
@@ -138,7 +138,7 @@ def threshold_sums(
     w = _dense_weights(weights, len(py.source)).to(px.device)
     y_rows = torch.as_tensor(py.rows, device=px.device)
     thr = torch.as_tensor(t, dtype=torch.float32)
-    compiled = _fused.ENABLED and px.device.type == "cpu"
+    compiled = _cpu_kernels.ENABLED and px.device.type == "cpu"
     parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows, compiled),
                         workers, progress)
     usable = sum(p.out for p in parts).cpu().numpy()

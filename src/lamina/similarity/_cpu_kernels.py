@@ -1,4 +1,5 @@
-"""The CPU epilogue of a scan as one compiled pass per block row (numba).
+"""Compiled CPU kernels (numba): the epilogue of a scan, one pass per block row, and the
+``jit`` decorator that :mod:`sums` and :mod:`_rescore` use too.
 
 While a row of block values sits in the L1 cache, one vectorised loop takes its moments (sum,
 sum of squares about the shift, min and max through order-preserving integer keys of the
@@ -217,7 +218,7 @@ def key_to_float(key: int) -> float:
     return float(bits.view(np.float32)[0])
 
 
-class FusedEpilogue:
+class CpuEpilogue:
     """Runs :func:`block_epilogue` for one worker's :class:`ScanConsumer`, accumulating in
     numpy and handing the totals to the consumer's moments, histogram and top-k at ``flush``."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.similarity._fused import jit, key_to_float
+from lamina.similarity._cpu_kernels import jit, key_to_float
 from lamina.similarity._rescore import candidate_dots
 
 

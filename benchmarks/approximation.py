@@ -52,7 +52,7 @@ class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.pairs = 0
-        self.products = 0  # thresholds x pairs: the mask products
+        self.products = 0  # thresholds x pairs: the comparisons behind the sums
 
     def wrap(self, name: str, fn, count=None):
         def inner(*args, **kwargs):

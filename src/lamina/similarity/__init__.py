@@ -31,11 +31,13 @@ How it works and what "exact" means:
   sqrt(|a|^2 + |b|^2 - 2 a.b) for the histogram (like ``torch.cdist``); euclidean top-k and
   thresholded pairs are re-scored from the differences.
 - Fast mode (``dtype="bfloat16"``, ``fast=True``): bfloat16 products; the histogram and
-  moments are those of the bfloat16 values (one bincount of their bit patterns); top-k is
-  taken over a widened list (default max(2k, k + 12)) re-scored in float32; thresholded
-  pairs use a proven error margin and are re-scored, so they are exact.
-- CPU: one worker thread per core, each running single-threaded torch ops on its own block
-  pairs; CUDA (``device=None`` picks it when available): one stream of larger blocks.
+  moments are those of the bfloat16 values; top-k is taken over a widened list (default
+  max(2k, k + 12)) re-scored in float32; thresholded pairs use a proven error margin and are
+  re-scored, so they are exact.
+- CPU: one worker thread per core, each computing its own block pairs with single-threaded
+  products and, for float32, compiled kernels that read each block row once (numba;
+  :mod:`lamina.similarity._cpu_kernels`); CUDA (``device=None`` picks it when available): one
+  stream of larger blocks and torch operations.
   Block size and caching follow a memory budget (``memory=``; default a quarter of free
   memory, at most 1 GiB on CPU).
 - :func:`group_stats` computes in float64 from per-group sums and Gram matrices,

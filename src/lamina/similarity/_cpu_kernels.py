@@ -137,17 +137,9 @@ def _insert(row, w, col, vals, idx, bound):
 
 
 @jit(fastmath=_FM)
-def _count_above(r, sign, thr):
-    """How many of ``sign * r`` exceed ``thr`` (unclipped: a superset of the clipped)."""
-    above = 0
-    for j in range(r.shape[0]):
-        above += sign * r[j] > thr
-    return above
-
-
-@jit(fastmath=_FM)
-def _count_above_either(r, sign, thr, thr_cols):
-    """How many of ``sign * r[j]`` exceed ``thr`` or ``thr_cols[j]``."""
+def _count_above(r, sign, thr, thr_cols):
+    """How many of ``sign * r[j]`` exceed ``thr`` or ``thr_cols[j]`` (unclipped: a superset
+    of the clipped)."""
     above = 0
     for j in range(r.shape[0]):
         w = sign * r[j]
@@ -156,25 +148,22 @@ def _count_above_either(r, sign, thr, thr_cols):
 
 
 @jit()
-def _row_topk(r, self_col, lo, hi, sign, row, c0, r0, vals, idx, bound, thr_cols, cols):
+def _row_topk(r, self_col, lo, hi, sign, row, c0, r0, vals, idx, bound, thr_cols):
     """Entries of row ``r`` (list ``row``; its own column ``self_col``, or -1) above the row's
-    bound enter its list and, with ``cols``, entries above their column's bound ``thr_cols[j]``
-    enter list ``c0 + j`` (id ``r0``); looked for in chunks of ``CHUNK`` whose count above the
-    bounds is not zero."""
+    bound enter its list, and entries above their column's bound ``thr_cols[j]`` enter list
+    ``c0 + j`` (id ``r0``; +inf where columns take no entries); looked for in chunks of
+    ``CHUNK`` whose count above the bounds is not zero."""
     thr = max(vals[row, 0], bound[row])
     n = r.shape[0]
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
-        if cols:
-            if _count_above_either(r[start:stop], sign, thr, thr_cols[start:stop]) == 0:
-                continue
-        elif _count_above(r[start:stop], sign, thr) == 0:
+        if _count_above(r[start:stop], sign, thr, thr_cols[start:stop]) == 0:
             continue
         for j in range(start, stop):
             w = sign * _clip(r[j], lo, hi)
             if w > thr and j != self_col:
                 thr = _insert(row, w, c0 + j, vals, idx, bound)
-            if cols and w > thr_cols[j]:
+            if w > thr_cols[j]:
                 thr_cols[j] = _insert(c0 + j, w, r0, vals, idx, bound)
 
 
@@ -190,9 +179,9 @@ def block_epilogue(s, bits, r0, c0, diag, lo, hi, shift, mom, ext,
     Returns the number of values re-binned exactly."""
     n_rows = s.shape[0]
     fixed = 0
-    if k_on and cols:
+    if k_on:  # the column lists' bounds (upper-triangle scans), else none to enter
         for j in range(thr_cols.shape[0]):
-            thr_cols[j] = max(vals[c0 + j, 0], bound[c0 + j])
+            thr_cols[j] = max(vals[c0 + j, 0], bound[c0 + j]) if cols else np.inf
     for i in range(n_rows):
         r = s[i]
         j0 = i + 1 if diag else 0
@@ -206,8 +195,7 @@ def block_epilogue(s, bits, r0, c0, diag, lo, hi, shift, mom, ext,
             fixed += _row_histogram(pairs, lo, hi, a, off, top, lim, q, near, edges, hist)
         if k_on:
             self_col = i if diag else -1
-            _row_topk(r, self_col, lo, hi, sign, r0 + i, c0, r0 + i, vals, idx, bound, thr_cols,
-                      cols)
+            _row_topk(r, self_col, lo, hi, sign, r0 + i, c0, r0 + i, vals, idx, bound, thr_cols)
     return fixed
 
 

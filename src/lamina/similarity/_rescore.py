@@ -10,6 +10,7 @@ import math
 import numpy as np
 import torch
 
+from lamina.similarity import _cpu_kernels
 from lamina.similarity._blocks import BOUNDED, Prepared
 from lamina.similarity._cpu_kernels import jit
 
@@ -79,7 +80,9 @@ def rescore_topk(
 
 
 def _in_memory_cpu(px: Prepared, py: Prepared) -> bool:
-    return all(p.data is not None and p.device.type == "cpu" for p in (px, py))
+    """Both sides held in memory on CPU, and the compiled kernels switched on."""
+    return _cpu_kernels.ENABLED and all(
+        p.data is not None and p.device.type == "cpu" for p in (px, py))
 
 
 @jit(fastmath={"reassoc", "nsz"})

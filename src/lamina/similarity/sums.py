@@ -85,16 +85,16 @@ class _SumConsumer:
     def consume(self, blk: Block) -> None:
         s = blk.values
         n_r, n_c = s.shape
+        w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c])  # this block's rows
         if self.compiled:
-            w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c]).numpy()
-            return _block_sums(s.numpy(), self.t.numpy(), w, w.sum(0, dtype=np.float64),
+            wn = w.numpy()
+            return _block_sums(s.numpy(), self.t.numpy(), wn, wn.sum(0, dtype=np.float64),
                                self.out.numpy()[blk.r0 : blk.r0 + n_r],
                                np.empty(n_c, dtype=np.int64),
-                               np.empty(w.shape[1], dtype=np.float32))
+                               np.empty(wn.shape[1], dtype=np.float32))
         if self.mask is None or self.mask.numel() < s.numel():
             self.mask = torch.empty(s.numel(), dtype=self.w.dtype, device=s.device)
         mask = self.mask[: s.numel()].view(n_r, n_c)
-        w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c])
         for g, t in enumerate(self.t.tolist()):
             torch.ge(s, t, out=mask)  # 1.0 where at or above, else 0.0
             self.out[blk.r0 : blk.r0 + n_r, g] += torch.mm(mask, w)

@@ -9,11 +9,14 @@ from scipy.spatial.distance import cdist
 def prepared(x: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows prepared for ``metric`` in float64, and the mask of usable rows."""
     x = np.asarray(x, dtype=np.float64)
+    scale = np.linalg.norm(x, axis=1)
     if metric == "correlation":
         x = x - x.mean(1, keepdims=True)
     if metric in ("cosine", "correlation"):
         norm = np.linalg.norm(x, axis=1)
-        keep = norm > 1e-9 * np.abs(x).max(initial=1.0)
+        # only exact zeros (cosine) and constant rows (correlation, up to rounding) have no
+        # value, whatever the magnitude of the row
+        keep = norm > (1e-9 * scale if metric == "correlation" else 0.0)
         return x / np.where(keep, norm, 1.0)[:, None], keep
     return x, np.ones(len(x), dtype=bool)
 

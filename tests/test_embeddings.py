@@ -34,10 +34,11 @@ def test_minilm_full_vocabulary_summary(minilm_full, minilm: lamina.Model) -> No
     # the notebook's way in numpy float32: normalise rows, multiply, unique upper triangle
     u32 = W[unused] / np.linalg.norm(W[unused], axis=1, keepdims=True)
     sub = (u32 @ u32.T)[np.triu_indices(len(unused), 1)]
-    # the count of distinct float32 values depends on the summation order of each dot product
-    # (numpy and torch differ by ~0.1%); at the notebook's float16 it is stable
-    assert abs(s["unused_unique_values"] - len(np.unique(sub))) <= 0.005 * len(sub)
+    # The count of distinct float32 values depends on each dot product's summation order (one
+    # machine: numpy 375,885, torch 356,246), so it is not compared across kernels; the
+    # notebook's float16 count is stable (test_unique_value_counts_exact checks the counting).
     assert abs(s["unused_unique_values_float16"] - len(np.unique(sub.astype(np.float16)))) <= 2
+    assert s["unused_unique_values_float16"] <= s["unused_unique_values"] <= len(sub)
     np.testing.assert_allclose(s["probe"]["cosine"], numpy_cosine(W[[7592, 2088]])[0, 1],
                                atol=1e-6)
     # whole-vocabulary mean and std from the exact streaming pass vs a numpy sample estimate
@@ -47,6 +48,24 @@ def test_minilm_full_vocabulary_summary(minilm_full, minilm: lamina.Model) -> No
     u = W / np.linalg.norm(W, axis=1, keepdims=True)
     sample = np.sum(u[i[keep]] * u[j[keep]], axis=1)
     assert abs(s["mean"] - sample.mean()) < 5 * sample.std() / np.sqrt(keep.sum())
+
+
+def test_unique_value_counts_exact() -> None:
+    """Unit rows with four entries of +-0.5: every cosine is an exact multiple of 1/4 whatever
+    the kernel, so the distinct counts are known exactly."""
+    from lamina.analyses.embeddings import _unique_values
+
+    rng = np.random.default_rng(3)
+    W = np.zeros((60, 16), dtype=np.float32)
+    for row in W:
+        row[rng.choice(16, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    cos = W @ W.T  # exact: sums of +-0.25
+    expected = len(np.unique(cos[np.triu_indices(60, 1)]))
+    got = _unique_values(torch.from_numpy(W), np.arange(60))
+    assert got == {"unused_unique_values": expected, "unused_unique_values_float16": expected}
+    assert 2 <= expected <= 9  # values in {-1, -0.75, ..., 1}
+    assert _unique_values(torch.from_numpy(W), np.arange(1)) == {
+        "unused_unique_values": 0, "unused_unique_values_float16": 0}
 
 
 def test_subset_matches_numpy_exactly(minilm: lamina.Model) -> None:

@@ -114,8 +114,10 @@ def test_pathlength_several_models_and_encoder(minilm: lamina.Model, tmp_path) -
     assert set(result.to_frame()["model"]) == {"gpt2", "llama"}
     saved = result.save(tmp_path / "pl")
     assert (saved / "pathlength_summary.csv").exists() and (saved / "pathlength.png").exists()
-    encoder = pathlength(minilm, TEXT)  # no logits for an encoder: path length only
+    encoder = pathlength(minilm, TEXT)  # no logits for an encoder: path length only, stated
     assert "pearson_r" not in encoder.summary or encoder.summary["pearson_r"].isna().all()
+    assert "need a causal LM" in encoder.summary["correlation_note"].iloc[0]
+    assert (result.summary["correlation_note"] == "").all()
     assert encoder.to_frame()["layer"].max() == 6
     resid = pathlength(tiny("gpt2"), TEXT, sites="resid_post").to_frame()
     assert resid["site"].iloc[-1] == "blocks.2.hook_resid_post"

@@ -66,8 +66,11 @@ def test_layerwise_analyses_run_on_the_char_model(char_model: lamina.Model) -> N
     cat = categories(char_model, words, template="the {word}", pooling="last",
                      permutations=50, baseline=0)
     assert len(cat.to_frame()) == char_model.n_layers + 1
-    ctx = contexts(char_model, tinyshakespeare()[:100_000], ["K", "Q"], window=40,
-                   max_per_target=50, baseline=0)
-    assert set(ctx.counts["word"]) == {"K", "Q"}
+    corpus = tinyshakespeare()[:100_000]
+    ctx = contexts(char_model, corpus, ["K", "J"], window=40, max_per_target=50, baseline=0)
+    assert dict(zip(ctx.counts["word"], ctx.counts["sampled"], strict=True)) == {
+        w: corpus[40:].count(w) for w in "KJ"}  # 6 and 10: every usable occurrence
+    # hidden.0 is the embedding at the window's last position: the same word is the same vector
+    assert ctx.to_frame()["within_mean"].iloc[0] == pytest.approx(1.0, abs=1e-6)
     al = alignment(char_model, 1, 0, n_sequences=100, seq_len=40)
     assert len(al.vocab_cosines) == 65 and list(al.summary["position"]) == [0, 9, 19, 39]

@@ -114,7 +114,9 @@ def test_integer_labels_singleton_groups_and_label_errors():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((50, 4))
     labels = np.r_[np.zeros(49, int), 1]  # group 1 has one row: no within pairs
-    res = sim.group_stats(x, labels)
+    with pytest.warns(sim.UndefinedStatisticWarning, match=r"single usable row \(1\)"):
+        res = sim.group_stats(x, labels)
+    assert len(res.notes) == 1 and "within rows of the table have no pairs" in res.notes[0]
     one = res.to_frame().query("group_a == 1 and group_b == 1")
     assert one["count"].item() == 0 and np.isnan(one["mean"].item())
     assert res.summary["within_count"] == 49 * 48 // 2

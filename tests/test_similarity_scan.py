@@ -93,7 +93,27 @@ def test_topk_values_equal_brute_force_and_indices_point_at_them(data, metric, l
     at = ref[rows[:, None], res.topk_indices[rows]]
     np.testing.assert_allclose(at, res.topk_values[rows], rtol=1e-5, atol=1e-5)
     assert not np.any(res.topk_indices[rows] == rows[:, None])  # self excluded
-    assert not np.isin(20, res.topk_indices) or metric in ("dot", "euclidean")
+    if metric == "cosine":  # row 20, a zero vector, has no cosine: no neighbours, no one's
+        assert res.n_zero == 1 and not np.isin(20, res.topk_indices)
+        assert np.isnan(res.topk_values[20]).all() and (res.topk_indices[20] == -1).all()
+        return
+    # for dot and euclidean the zero row is an ordinary row: its values are 0 (dot) and the
+    # norms of the other rows (euclidean), and it is a neighbour of exactly the rows for which
+    # it beats their brute-force k-th best (rows within a rounding margin of a tie skipped)
+    assert res.n_zero == 0
+    others = np.delete(np.arange(len(data)), 20)
+    norms = np.sort(np.linalg.norm(data[others].astype(np.float64), axis=1))
+    np.testing.assert_allclose(res.topk_values[20], np.zeros(7) if metric == "dot" else
+                               norms[:7], rtol=1e-5, atol=1e-5)
+    kth = expected[others, -1]
+    to_20 = ref[others, 20]
+    beats = to_20 > kth if largest else to_20 < kth
+    clear = np.abs(to_20 - kth) > 1e-4 * (1 + np.abs(kth))
+    assert clear.sum() > 600
+    has_20 = (res.topk_indices[others] == 20).any(1)
+    np.testing.assert_array_equal(has_20[clear], beats[clear])
+    if metric == "euclidean":
+        assert beats.any()  # the origin is near many rows: the check above is not empty
 
 
 @pytest.mark.parametrize("k,workers", [(1, 3), (2, 1), (40, 2), (698, 2)])

@@ -69,9 +69,10 @@ def test_sparse_weights_a_store_and_a_single_threshold(tmp_path) -> None:
         name = f"{i:05d}.safetensors"
         save_file({"v": y[start:stop].contiguous()}, str(st_dir / "shards" / name))
         shards.append({"file": name, "start": start, "stop": stop})
-    (st_dir / "manifest.json").write_text(json.dumps({
-        "format": lstore.FORMAT, "model": "none", "sites": ["v"], "shapes": {"v": [16]},
-        "dtype": "float32", "n_rows": 900, "shards": shards}))
+    (st_dir / "manifest.json").write_text(json.dumps({  # format 1: no checksums to forge
+        "format": "lamina.store/1", "model": "none", "sites": ["v"], "shapes": {"v": [16]},
+        "positions": "last", "fingerprint": "none", "dtype": "float32", "n_rows": 900,
+        "shards": shards}))
     from_store = sim.threshold_sums(x, lstore.open(st_dir)["v"], w, [0.5], block_size=64)
     np.testing.assert_array_equal(from_store, got)
 

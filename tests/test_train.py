@@ -3,8 +3,11 @@ resumes bit for bit, the tokenizer round-trips and rejects unknown characters.""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import lamina
+from badinput import cli_ok
 from lamina.cli import app
 from lamina.corpus import tinyshakespeare
 from lamina.errors import TokenizationError
@@ -133,3 +137,100 @@ def test_cli_train_and_generate(tmp_path: Path) -> None:
                                  "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("KING") and len(result.output.rstrip("\n")) >= 24
+
+
+def _weights_equal(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path: Path) -> None:
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT)
+    out = tmp_path / "model"
+    args = ["train", "--corpus", text_file, "--out", out, "--preset", "tiny"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from lamina.cli import main; sys.exit(main())",
+         *map(str, args), "--steps", "1000000"], stderr=subprocess.PIPE, text=True)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not state.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    step = json.loads(state.read_text())["step"]
+    assert f"interrupted at step {step} of 1000000" in stderr, stderr
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
+    # the checkpoint is of the step the signal stopped (not only every checkpoint_every), and
+    # nothing that looks like a finished model was written
+    assert step >= 1 and sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    total = step + 7
+    cli_ok([*args, "--steps", total])
+    reference = tmp_path / "reference"
+    train_char_lm(TEXT, reference, preset="tiny", steps=total, progress=False)
+    _weights_equal(reference, out)
+    assert json.loads(state.read_text())["step"] == total
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_export_leaves_the_previous_model_and_its_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lamina.modelcard as modelcard
+
+    out = tmp_path / "model"
+    train_char_lm(TEXT, out, preset="tiny", steps=5, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"config.json", "model.safetensors", "MODEL_CARD.md"} <= before.keys()
+
+    def broken(*args: object, **kwargs: object) -> float:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelcard, "heldout_loss", broken)  # half-way through the export
+    with pytest.raises(OSError, match="disk full"):
+        train_char_lm(TEXT, out, preset="tiny", steps=10, progress=False)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # the 5-step export, untouched
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    train_char_lm(TEXT, out, preset="tiny", steps=10, progress=False)  # exports the 10 steps
+    assert "| steps | 10 " in (out / "MODEL_CARD.md").read_text()
+    assert (out / "checkpoint" / "state.json").exists()
+
+
+def test_model_card_escapes_the_recorded_command(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+    from markdown_it import MarkdownIt
+
+    def no_backend_switch(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a library function switched matplotlib's backend")
+
+    monkeypatch.setattr(matplotlib, "use", no_backend_switch)
+    corpus = tmp_path / "c`<img src=x onerror=alert(1)>|x``.txt"
+    corpus.write_text(TEXT[:5000])
+    out = tmp_path / "model"
+    cli_ok(["train", "--corpus", corpus, "--out", out, "--preset", "tiny", "--steps", "2"])
+    card = (out / "MODEL_CARD.md").read_text()
+    html = MarkdownIt("commonmark").enable("table").render(card)
+    # the only image is the loss curve; the corpus name's tag is shown as text
+    assert re.findall(r"<img[^>]*>", html) == ['<img src="loss_curve.png" alt="loss curve" />']
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)
+    assert len(rows) == 12  # header + 11 rows, each of two cells
+    assert all(len(re.findall(r"<t[dh]>", row)) == 2 for row in rows)
+    code = re.search(r"<td><code>(lamina train.*?)</code></td>", html, re.S)
+    assert code and __import__("html").unescape(code.group(1)) == shlex.join(
+        ["lamina", "train", "--corpus", str(corpus), "--out", str(out), "--preset", "tiny",
+         "--steps=2"])
+
+
+def test_training_restores_the_signal_handlers(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    train_char_lm(TEXT, tmp_path / "m", preset="tiny", steps=1, progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    # a one-step run still leaves a checkpoint to resume from
+    assert json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())["step"] == 1

@@ -3,7 +3,8 @@
 ``acts[site]`` is a tensor ``[n_inputs, ...]``: ``[n_inputs, d]`` (or ``[n_inputs, n_heads,
 d_head]`` for per-head sites) when one position per input was captured, ``[n_inputs, seq, ...]``
 for all positions, right-aligned (real tokens first, whatever the tokenizer's padding side) with
-``acts.mask`` marking real tokens and zeros elsewhere.
+``acts.mask`` marking real tokens and zeros elsewhere. A ``module:`` site without a sequence
+axis (listed in ``acts.meta["no_sequence_axis"]``) is ``[n_inputs, ...]`` whatever the positions.
 
 The same read interface (``sites``, ``acts[site]`` with ``.shape`` and row slicing, ``strings``,
 ``len``, :meth:`iter_blocks`) is what an on-disk activation store offers, so analyses accept
@@ -23,8 +24,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lamina.errors import LaminaError, UnknownSiteError, suggest
+from lamina.outputs import atomic_file, check_output_file
 
 _META_KEY = "lamina.activations"
+
+
+def safetensors_path(path: str | Path) -> Path:
+    """Where :meth:`Activations.save` writes ``path``: its suffix becomes ``.safetensors``."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
 
 
 @dataclass
@@ -110,13 +118,11 @@ class Activations(Mapping[str, torch.Tensor]):
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write one ``.safetensors`` file (tensors + JSON metadata; nothing is pickled).
-        Written to a temporary name first, so an interrupted save never leaves a file that
+        """Write one ``.safetensors`` file (tensors + JSON metadata; nothing is pickled) at
+        :func:`safetensors_path` of ``path``. Checked writable first, and written to a
+        temporary name renamed at the end, so an interrupted save never leaves a file that
         looks complete."""
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_output_file(safetensors_path(path), option="path")
         tensors = {f"site/{k}": v.detach().cpu().contiguous() for k, v in self.tensors.items()}
         tensors["token_ids"] = self.token_ids.contiguous()
         tensors["lengths"] = self.lengths.contiguous()
@@ -128,9 +134,8 @@ class Activations(Mapping[str, torch.Tensor]):
             "meta": self.meta,
             "order": list(self.tensors),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
         return path
 
     @classmethod
@@ -139,27 +144,30 @@ class Activations(Mapping[str, torch.Tensor]):
         path = Path(path)
         if not path.exists():
             raise LaminaError(f"No activations file at {path}.")
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if _META_KEY not in metadata:
-            raise LaminaError(
-                f"{path} is a safetensors file but not one written by Activations.save "
-                "(its lamina metadata is missing)."
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            if _META_KEY not in metadata:
+                raise LaminaError(
+                    f"{path} is a safetensors file but not one written by Activations.save "
+                    "(its lamina metadata is missing)."
+                )
+            header = json.loads(metadata[_META_KEY])
+            raw = load_file(str(path))
+            return cls(
+                {k: raw[f"site/{k}"] for k in header["order"]},
+                raw["token_ids"],
+                raw["lengths"],
+                raw.get("positions"),
+                header["strings"],
+                header["token_strings"],
+                header["meta"],
             )
-        header = json.loads(metadata[_META_KEY])
-        raw = load_file(str(path))
-        tensors = {k: raw[f"site/{k}"] for k in header["order"]}
-        return cls(
-            tensors,
-            raw["token_ids"],
-            raw["lengths"],
-            raw.get("positions"),
-            header["strings"],
-            header["token_strings"],
-            header["meta"],
-        )
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise LaminaError(f"{path} is not a readable activations file written by "
+                              f"Activations.save ({type(err).__name__}: {err}).") from None
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in list(self.tensors.items())[:4])

@@ -3,26 +3,32 @@
 Memory grows with what was asked, not with the model: each hook slices the requested positions
 out of its tensor and copies them into a preallocated buffer on the output device, and the
 forward pass stops right after the deepest block needed.
+
+Two cases are handled so that nothing is silently wrong:
+
+* a ``module:`` site whose output has no sequence axis (``[batch, d]``, e.g. BERT's pooler) is
+  found by two tiny probe passes (inputs of 2 and 3 tokens) and kept whole, one row per input;
+* a model whose ``forward`` takes no ``attention_mask`` (or whose signature cannot be read) is
+  never given a padded batch: its batches hold inputs of one length only.
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from lamina.errors import ContextLengthError, LaminaError, TokenizationError
+from lamina.errors import LaminaError
+from lamina.inputs import Positions, check_batch_size, pick_positions
 from lamina.sites import Site
 
 if TYPE_CHECKING:
     from lamina.models import Model
-
-Positions = str | int | Sequence[int]
 
 
 class _StopForward(Exception):
@@ -38,89 +44,13 @@ class _Batch:
     width: int  # padded sequence length S
 
 
-def tokenize(model: Model, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
-    """Token ids of each input: strings go through the tokenizer as it does by default
-    (special tokens included); token-id sequences pass through unchanged."""
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if isinstance(inputs, torch.Tensor):
-        inputs = inputs.tolist() if inputs.ndim == 2 else [inputs.tolist()]
-    inputs = list(inputs)
-    if not inputs:
-        raise LaminaError("No inputs were given: pass a non-empty list of strings or token ids.")
-    if all(isinstance(x, str) for x in inputs):
-        if model.tokenizer is None:
-            raise LaminaError("This model has no tokenizer: pass token ids instead of strings.")
-        try:
-            encoded = model.tokenizer(inputs, add_special_tokens=True)["input_ids"]
-        except Exception as err:  # a character tokenizer meeting an unknown character
-            unknown = sorted(set("".join(inputs)) - set(model.tokenizer.get_vocab()))
-            raise TokenizationError(
-                f"The tokenizer cannot encode these inputs ({err}). Characters not in its "
-                f"vocabulary: {unknown[:20]}. Remove or replace them."
-            ) from None
-        ids = [list(x) for x in encoded]
-    elif all(not isinstance(x, str) for x in inputs):
-        ids = [[int(t) for t in x] for x in inputs]
-    else:
-        raise LaminaError("Inputs mix strings and token ids: pass one kind only.")
-    vocab = model.vocab_size
-    for i, seq in enumerate(ids):
-        if not seq:
-            raise LaminaError(f"Input {i} has no tokens: remove empty inputs.")
-        if vocab > 0 and (min(seq) < 0 or max(seq) >= vocab):
-            raise LaminaError(
-                f"Input {i} has a token id outside the vocabulary [0, {vocab}): {seq[:10]}..."
-            )
-    limit = model.max_length
-    too_long = [i for i, seq in enumerate(ids) if limit and len(seq) > limit]
-    if too_long:
-        i = too_long[0]
-        if not truncate:
-            raise ContextLengthError(
-                f"{len(too_long)} input(s) are longer than the model's context of {limit} tokens "
-                f"(input {i} has {len(ids[i])}). Shorten them, or pass truncate=True to keep "
-                f"the first {limit} tokens."
-            )
-        warnings.warn(
-            f"Truncated {len(too_long)} input(s) to the model's context of {limit} tokens.",
-            stacklevel=3,
-        )
-        ids = [seq[:limit] for seq in ids]
-    return ids
+class Captured(NamedTuple):
+    """What :func:`run_capture` returns."""
 
-
-def pick_positions(positions: Positions, lengths: torch.Tensor) -> torch.Tensor | None:
-    """Real-token index to capture for each input (``None`` = all positions)."""
-    n = len(lengths)
-    if isinstance(positions, str):
-        if positions == "all":
-            return None
-        if positions == "last":
-            return lengths - 1
-        if positions == "first":
-            return torch.zeros(n, dtype=torch.long)
-        raise LaminaError(
-            f"Unknown positions {positions!r}: use 'all', 'last', 'first', an int, "
-            "or one int per input."
-        )
-    if isinstance(positions, int):
-        picks = torch.full((n,), positions, dtype=torch.long)
-    else:
-        picks = torch.as_tensor(list(positions), dtype=torch.long)
-        if picks.shape != (n,):
-            raise LaminaError(
-                f"positions has {picks.numel()} entries for {n} inputs: give one int per input."
-            )
-    picks = torch.where(picks < 0, picks + lengths, picks)
-    bad = ((picks < 0) | (picks >= lengths)).nonzero().flatten()
-    if len(bad):
-        i = int(bad[0])
-        raise LaminaError(
-            f"Position {int(picks[i]) if picks[i] >= 0 else positions} is outside input {i}, "
-            f"which has {int(lengths[i])} tokens."
-        )
-    return picks
+    tensors: dict[str, torch.Tensor]  # site -> [n, ...]
+    lengths: torch.Tensor  # [n] real tokens of each input
+    picks: torch.Tensor | None  # [n] captured position, None for all positions
+    whole: list[str]  # module: sites without a sequence axis, kept whole
 
 
 def _pad(batch: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,18 +64,24 @@ def _pad(batch: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def _batch_major(t: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """Undo modules that flatten ``[B, S, ...]`` into ``[B*S, ...]`` (OPT's MLP)."""
+    if t.ndim >= 1 and t.shape[0] == n * width and t.shape[0] != n:
+        return t.unflatten(0, (n, width))
+    return t
+
+
 def _select(t: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """``[B, S, ...]`` in padded layout -> ``[B, ...]`` at the picks, or ``[B, S, ...]``
     right-aligned with zeros beyond each input's length."""
     n = len(batch.rows)
-    if t.ndim >= 1 and t.shape[0] == n * batch.width and t.shape[0] != n:
-        t = t.unflatten(0, (n, batch.width))  # modules that flatten [B*S, ...] (OPT's MLP)
-    if t.ndim < 2 or t.shape[0] != n:
+    t = _batch_major(t, n, batch.width)
+    if t.ndim < 2 or t.shape[0] != n or t.shape[1] != batch.width:
         raise LaminaError(
-            f"A captured tensor has shape {tuple(t.shape)}, not [batch, seq, ...]: "
-            "lamina can only capture per-token activations."
+            f"A captured tensor has shape {tuple(t.shape)}, not [batch, seq, ...] = "
+            f"[{n}, {batch.width}, ...]: lamina can only capture per-token activations here."
         )
-    b = torch.arange(len(batch.rows), device=t.device)
+    b = torch.arange(n, device=t.device)
     if batch.picks is not None:
         return t[b, (batch.offsets + batch.picks).to(t.device)]
     if not bool(batch.offsets.any()):  # right padding: already aligned, pads zeroed by record()
@@ -172,30 +108,40 @@ def _first_tensor(value: Any) -> torch.Tensor:
 class _Recorder:
     """Hooks that copy the requested sites of each batch into preallocated buffers."""
 
-    def __init__(self, sites: list[Site], n: int, width: int, device: Any, dtype: Any) -> None:
+    def __init__(self, sites: list[Site], n: int, width: int, device: Any, dtype: Any,
+                 whole: list[str]) -> None:
         self.sites, self.n, self.width = sites, n, width
         self.device, self.dtype = torch.device(device), dtype
+        self.whole = set(whole)
         self.buffers: dict[str, torch.Tensor] = {}
         self.batch: _Batch | None = None
 
     def record(self, site: Site, raw: torch.Tensor) -> None:
         assert self.batch is not None
         t = site.point.transform(raw) if site.point.transform else raw
-        sel = _select(t, self.batch).detach()
-        buf = self.buffers.get(site.name)
-        if buf is None:
-            shape = (self.n, *sel.shape[1:]) if self.batch.picks is not None else (
-                self.n, self.width, *sel.shape[2:])
-            buf = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.buffers[site.name] = buf
         rows = self.batch.rows.to(self.device)
+        if site.name in self.whole:  # no sequence axis: one row per input, as it is
+            if t.ndim < 1 or t.shape[0] != len(rows):
+                raise LaminaError(f"{site.name} has shape {tuple(t.shape)}, not [batch, ...].")
+            self._buffer(site.name, (self.n, *t.shape[1:]))[rows] = t.detach().to(
+                device=self.device, dtype=self.dtype)
+            return
+        sel = _select(t, self.batch).detach()
         if self.batch.picks is not None:
-            buf[rows] = sel.to(device=self.device, dtype=self.dtype)
-        else:
-            buf[rows, : sel.shape[1]] = sel.to(device=self.device, dtype=self.dtype)
-            for row, length in zip(rows.tolist(), self.batch.lengths.tolist(), strict=True):
-                if length < sel.shape[1]:
-                    buf[row, length : sel.shape[1]] = 0  # padding holds no activation
+            self._buffer(site.name, (self.n, *sel.shape[1:]))[rows] = sel.to(
+                device=self.device, dtype=self.dtype)
+            return
+        buf = self._buffer(site.name, (self.n, self.width, *sel.shape[2:]))
+        buf[rows, : sel.shape[1]] = sel.to(device=self.device, dtype=self.dtype)
+        for row, length in zip(rows.tolist(), self.batch.lengths.tolist(), strict=True):
+            if length < sel.shape[1]:
+                buf[row, length : sel.shape[1]] = 0  # padding holds no activation
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        buf = self.buffers.get(name)
+        if buf is None:
+            buf = self.buffers[name] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return buf
 
     def attach(self, root: torch.nn.Module, stop_at: tuple[str, str] | None) -> list[Any]:
         by_module: dict[tuple[str, str], list[Site]] = {}
@@ -230,10 +176,86 @@ class _Recorder:
 
 
 def _forward_kwargs(module: torch.nn.Module) -> set[str]:
+    """Names ``module.forward`` declares (empty when its signature cannot be read)."""
     try:
         return set(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+class _Runner:
+    """Calls the model with the keyword arguments its ``forward`` declares."""
+
+    def __init__(self, model: Model, module: torch.nn.Module) -> None:
+        self.module, self.device = module, model.device
+        accepted = _forward_kwargs(module)
+        self.takes_mask = "attention_mask" in accepted
+        self.takes_positions = "position_ids" in accepted
+        self.no_cache = "use_cache" in accepted and model.is_causal
+
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+        kwargs: dict[str, Any] = {}
+        if self.takes_mask:
+            kwargs["attention_mask"] = mask.to(self.device)
+        if self.takes_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        if self.no_cache:
+            kwargs["use_cache"] = False
+        try:
+            self.module(input_ids.to(self.device), **kwargs)
+        except _StopForward:
+            pass
+
+
+def _whole_sites(model: Model, run: _Runner, sites: list[Site], token: int) -> list[str]:
+    """The ``module:`` sites whose output has no sequence axis: their shape does not follow
+    the input's length over two probe passes (2 and 3 tokens)."""
+    probed = [s for s in sites if s.name.startswith("module:")]
+    if not probed:
+        return []
+    shapes: dict[str, dict[int, tuple[int, ...]]] = {s.name: {} for s in probed}
+    width = 0
+
+    def hook(name: str) -> Any:
+        def record(_m: Any, _args: Any, out: Any) -> None:  # returns None: output unchanged
+            t = _batch_major(_first_tensor(out), 1, width)
+            shapes[name].setdefault(width, tuple(t.shape))
+        return record
+
+    handles = [model.hf_model.get_submodule(s.point.module).register_forward_hook(hook(s.name))
+               for s in probed]
+    try:
+        with torch.inference_mode():
+            for width in (2, 3):
+                run(torch.full((1, width), token), torch.ones((1, width), dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    whole = []
+    for name, seen in shapes.items():
+        a, b = seen.get(2), seen.get(3)
+        if a is None or b is None or (len(a) >= 2 and (a[1], b[1]) == (2, 3)):
+            continue  # per-token (a module that never runs is reported by the capture)
+        if a != b:
+            raise LaminaError(
+                f"{name} has output shapes {a} and {b} for inputs of 2 and 3 tokens: neither "
+                "[batch, seq, ...] nor [batch, ...]. Capture a submodule with a plainer output.")
+        whole.append(name)
+    return whole
+
+
+def _batches(order: torch.Tensor, lengths: torch.Tensor, size: int,
+             one_length: bool) -> Iterator[torch.Tensor]:
+    """Rows of each forward pass (``order`` is sorted by length), at most ``size`` per pass,
+    and all of one length when ``one_length``."""
+    start = 0
+    while start < len(order):
+        stop = min(start + size, len(order))
+        if one_length:
+            same = (lengths[order[start:stop]] == lengths[order[start]]).nonzero().flatten()
+            stop = start + int(same.max()) + 1  # sorted by length: the equal ones come first
+        yield order[start:stop]
+        start = stop
 
 
 def run_capture(
@@ -245,27 +267,29 @@ def run_capture(
     dtype: torch.dtype,
     device: Any,
     progress: bool,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Run the model over ``ids`` in batches; returns (buffers, lengths, picks)."""
-    if batch_size < 1:
-        raise LaminaError(f"batch_size must be at least 1, not {batch_size}.")
+) -> Captured:
+    """Run the model over ``ids`` in batches and keep ``sites`` at ``positions``."""
+    check_batch_size(batch_size)
     lengths = torch.tensor([len(s) for s in ids])
     picks = pick_positions(positions, lengths)
     width = int(lengths.max())
-    recorder = _Recorder(sites, len(ids), width, device, dtype)
-    runner, stop_at = model.forward_plan(sites)
-    accepted = _forward_kwargs(runner)
+    module, stop_at = model.forward_plan(sites)
+    run = _Runner(model, module)
+    whole = _whole_sites(model, run, sites, ids[0][0])
+    if whole:
+        warnings.warn(
+            f"{', '.join(whole)}: no sequence axis (output [batch, ...]), so captured whole, "
+            f"one row per input; positions={positions!r} does not apply there "
+            "(acts.meta['no_sequence_axis'] lists them).", stacklevel=3)
+    recorder = _Recorder(sites, len(ids), width, device, dtype, whole)
     left = model.padding_side == "left"
     order = torch.argsort(lengths, descending=True, stable=True)
     handles = recorder.attach(model.hf_model, stop_at)
-    run_device = model.device
     try:
         with torch.inference_mode():
             bar = tqdm(total=len(ids), unit="input", disable=not progress, desc="collect")
-            for start in range(0, len(ids), batch_size):
-                rows = order[start : start + batch_size]
-                chunk = [ids[i] for i in rows.tolist()]
-                input_ids, mask = _pad(chunk, model.pad_id, left)
+            for rows in _batches(order, lengths, batch_size, not run.takes_mask):
+                input_ids, mask = _pad([ids[i] for i in rows.tolist()], model.pad_id, left)
                 recorder.batch = _Batch(
                     rows,
                     lengths[rows],
@@ -273,17 +297,7 @@ def run_capture(
                     None if picks is None else picks[rows],
                     input_ids.shape[1],
                 )
-                kwargs: dict[str, Any] = {}
-                if "attention_mask" in accepted:
-                    kwargs["attention_mask"] = mask.to(run_device)
-                if "position_ids" in accepted:
-                    kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(run_device)
-                if "use_cache" in accepted and model.is_causal:
-                    kwargs["use_cache"] = False
-                try:
-                    runner(input_ids.to(run_device), **kwargs)
-                except _StopForward:
-                    pass
+                run(input_ids, mask)
                 bar.update(len(rows))
             bar.close()
     finally:
@@ -296,4 +310,4 @@ def run_capture(
             " If another library replaced the model's modules in place after loading (e.g. a"
             " TransformerLens bridge booted on the same model), load it again with lamina.load."
         )
-    return {s.name: recorder.buffers[s.name] for s in sites}, lengths, picks
+    return Captured({s.name: recorder.buffers[s.name] for s in sites}, lengths, picks, whole)

@@ -10,7 +10,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -27,24 +27,47 @@ SitesOpt = Annotated[
     list[str] | None,
     typer.Option("--site", "-s", help="Site name, glob or short form (repeatable)."),
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the outputs.")]
+
+
+def _check_out(out: Path | None) -> Path | None:
+    """Refuse an --out directory that cannot be written (an existing file, a read-only parent,
+    a non-empty directory that is no previous output), before the command does any work."""
+    if out is not None:
+        from lamina.outputs import check_output_dir
+
+        try:
+            check_output_dir(out, option="--out", marker="summary.json")
+        except LaminaError as err:
+            fail(err.cli_message)
+    return out
+
+
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Directory for the outputs (replaced as a whole).", callback=_check_out)]
+TruncateOpt = Annotated[bool, typer.Option(
+    help="Cut a text longer than the model's context to its first tokens (with a warning).")]
 TextsOpt = Annotated[
     Path | None, typer.Option("--texts", help="Text file, one input per line.")
 ]
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn lamina's input errors into a one-line message and exit code 2."""
+    """Turn lamina's input errors into a one-line message (in the CLI's words) and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LaminaError as err:
-            typer.secho(f"error: {err}", fg="red", err=True)
-            raise typer.Exit(2) from None
+            fail(err.cli_message)
 
     return wrapper
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with code 2."""
+    typer.secho("error: " + " ".join(str(message).split()), fg="red", err=True)
+    raise typer.Exit(2)
 
 
 def _print_frame(frame: Any, columns: list[str] | None = None) -> None:
@@ -68,12 +91,22 @@ def _save(result: Any, out: Path | None) -> None:
 
 @app.command()
 @_friendly
-def sites(model: ModelOpt = "minilm") -> None:
+def sites(
+    model: ModelOpt = "minilm",
+    modules: Annotated[bool, typer.Option(
+        help="List every submodule path instead (capture one with --site module:PATH).")
+    ] = False,
+) -> None:
     """List the model's canonical site names and its shape facts."""
     import lamina
 
     m = lamina.load(model)
     typer.echo(repr(m))
+    if modules:
+        for name, module in m.hf_model.named_modules():
+            if name:
+                typer.echo(f"module:{name}  ({type(module).__name__})")
+        return
     for name in m.sites:
         typer.echo(name)
 
@@ -87,6 +120,9 @@ def norms(
     positions: Annotated[str, typer.Option(help="last, first, all or an int.")] = "last",
     store: Annotated[Path | None, typer.Option(
         help="Measure every row of this activation store instead (no model run).")] = None,
+    partial: Annotated[bool, typer.Option(
+        help="With --store: measure the rows of an unfinished collect.")] = False,
+    truncate: TruncateOpt = False,
     out: OutOpt = None,
 ) -> None:
     """Per-layer table of activation norms (mean, std, CV) and whether cosine is preferable."""
@@ -97,13 +133,17 @@ def norms(
     from lamina.store import open as open_store
 
     if store is not None:
-        result = norms_of(open_store(store))
+        result = norms_of(open_store(store), allow_partial=partial)
+        if result.meta["partial"]:
+            typer.echo(f"note: partial store: {result.meta['n_committed']:,} of "
+                       f"{result.meta['n_rows']:,} rows (its collect has not finished)")
     else:
         result = run(
             lamina.load(model),
-            read_lines(texts) if texts else None,
+            read_lines(texts, option="--texts") if texts else None,
             sites=site or ["hidden.*"],
             positions=_positions(positions),
+            truncate=truncate,
         )
     _print_frame(result.to_frame(), ["site", "layer", "n", "mean_norm", "std_norm", "cv"])
     typer.echo("\n" + result.summary["conclusion"])
@@ -120,28 +160,45 @@ def capture(
     positions: str = "last",
     batch_size: int = 32,
     dtype: str = "float32",
+    truncate: TruncateOpt = False,
 ) -> None:
     """Capture sites for the lines of a text file into one safetensors file."""
     import lamina
+    from lamina.activations import safetensors_path
     from lamina.corpus import read_lines
+    from lamina.inputs import check_batch_size, check_positions
+    from lamina.loading import parse_dtype
+    from lamina.outputs import check_output_file
 
+    path = check_output_file(safetensors_path(out), option="--out")  # all checked before work
+    lines = read_lines(texts, option="--texts")
+    chosen = _positions(positions)
+    check_positions(chosen)
+    check_batch_size(batch_size)
+    parse_dtype(dtype)
     acts = lamina.load(model).collect(
-        read_lines(texts), site or ["hidden.*"],
-        positions=_positions(positions),
+        lines, site or ["hidden.*"], positions=chosen, truncate=truncate,
         batch_size=batch_size, dtype=dtype, progress=True,
     )
-    typer.echo(f"{acts!r}\nwrote {acts.save(out)}")
+    typer.echo(f"{acts!r}\nwrote {acts.save(path)}")
 
 
 TextArg = Annotated[str, typer.Option("--text", "-t", help="The text (or @file to read one).")]
 
 
+def _readable(path: Path, option: str) -> None:
+    """Refuse a missing, unreadable or non-UTF-8 input file in one line, before any work."""
+    from lamina.corpus import read_text_file
+
+    read_text_file(path, option=option)
+
+
 def _text(value: str) -> str:
+    """A --text option: the text, or the contents of a UTF-8 file given as ``@file``."""
     if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise LaminaError(f"No such text file: {path}.")
-        return path.read_text("utf-8")
+        from lamina.corpus import read_text_file
+
+        return read_text_file(value[1:], option="--text")
     return value
 
 
@@ -151,12 +208,13 @@ def lens(
     text: TextArg,
     model: ModelOpt = "minilm",
     sublayers: Annotated[bool, typer.Option(help="Also read out after attention.")] = False,
+    truncate: TruncateOpt = False,
     out: OutOpt = None,
 ) -> None:
     """Logit lens of one text: per layer, top token and the next token's probability and rank."""
     from lamina.analyses import lens as run
 
-    result = run(model, _text(text), sublayers=sublayers)
+    result = run(model, _text(text), sublayers=sublayers, truncate=truncate)
     frame = result.to_frame()
     last = frame[frame["position"] == frame["position"].max() - 1]
     _print_frame(last, ["label", "token", "next_token", "top_token", "top_prob",
@@ -170,13 +228,16 @@ def pathlength(
     text: TextArg,
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model(s), repeatable.")],
     sites: Annotated[str, typer.Option(help="hidden or resid_post.")] = "hidden",
+    truncate: TruncateOpt = False,
     out: OutOpt = None,
 ) -> None:
     """Per-token residual path length per layer, and its correlation with next-token logits."""
     from lamina.analyses import pathlength as run
 
-    result = run({m: m for m in model}, _text(text), sites=sites)
-    _print_frame(result.summary)
+    result = run({m: m for m in model}, _text(text), sites=sites, truncate=truncate)
+    _print_frame(result.summary.drop(columns="correlation_note"))
+    for note in result.notes():
+        typer.echo(f"note: {note}")
     _save(result, out)
 
 
@@ -229,11 +290,15 @@ def categories(
     """Within- vs across-category cosine similarity per layer (t, Welch, d, permutation p)."""
     from lamina.analyses import categories as run
 
+    if words:
+        _readable(words, "--words")
     result = run(model, str(words) if words else None, template=template,
                  sites=site or ["hidden.*"], pooling=pooling, permutations=permutations)
     _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
                                      "t_welch", "cohens_d", "p_permutation", "centred_delta",
                                      "baseline_mean"])
+    for note in result.summary["notes"]:
+        typer.echo(f"note: {note}")
     _save(result, out)
 
 
@@ -253,13 +318,14 @@ def contexts(
     """Same word in different contexts: within- vs across-word similarity per layer."""
     from lamina.analyses import contexts as run
 
-    if not corpus.is_file():
-        raise LaminaError(f"No such corpus file: {corpus}.")
+    _readable(corpus, "--corpus")
     result = run(model, corpus, target, window=window, max_per_target=max_per_target,
                  seed=seed, sites=site or ["hidden.*"], permutations=permutations)
     _print_frame(result.counts)
     _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
                                      "cohens_d", "centred_delta", "baseline_mean"])
+    for note in result.summary["notes"]:
+        typer.echo(f"note: {note}")
     _save(result, out)
 
 
@@ -285,55 +351,41 @@ def alignment(
     v = result.vocab
     typer.echo(f"query: {result.meta['query']}\nvocabulary, each token alone at position 0: "
                f"mean {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f})")
+    side = result.meta["key_side"]
+    typer.echo(f"key side: {side['fallback'] or ', '.join(side['matrices'])}")
     _print_frame(result.summary)
     _save(result, out)
 
 
-@app.command()
-@_friendly
-def train(
-    corpus: Annotated[Path, typer.Option("--corpus", help="Training text file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
-    preset: Annotated[str, typer.Option(help="seed (the notebook's model), small, tiny.")] = "seed",
-    steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: auto).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default 1337).")] = None,
-) -> None:
-    """Train (or resume) a character-level GPT-2; writes a Hugging Face model directory."""
-    from lamina.train import train_char_lm
-
-    if not corpus.is_file():
-        raise LaminaError(f"No such corpus file: {corpus}.")
-    command = f"lamina train --corpus {corpus} --out {out} --preset {preset}" + "".join(
-        f" --{k} {v}" for k, v in {"steps": steps, "device": device, "seed": seed}.items()
-        if v is not None)
-    result = train_char_lm(corpus, out, preset=preset, steps=steps, device=device, seed=seed,
-                           command=command)
-    typer.echo(f"train loss {result.train_loss:.4f}, validation loss {result.val_loss:.4f}, "
-               f"{result.n_params:,} parameters; wrote {result.path}")
+from lamina import cli_store, cli_train  # noqa: E402,F401,I001  (register their commands)
 
 
-@app.command()
-@_friendly
-def generate(
-    model: ModelOpt = "shakespeare-char",
-    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "ROMEO:",
-    n: Annotated[int, typer.Option("-n", help="Tokens to generate.")] = 500,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> None:
-    """Sample a continuation of a prompt (seeded, with temperature)."""
-    from lamina.sampling import generate as run
-
-    typer.echo(run(model, prompt, n, temperature=temperature, top_k=top_k, seed=seed))
+def _click_exceptions() -> Any:
+    try:  # typer >= 0.20 ships its own copy of click
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions
+    return exceptions
 
 
-from lamina import cli_store  # noqa: E402,F401  (registers collect, similar, approximate)
-
-
-def main() -> None:
-    app(prog_name="lamina")
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``lamina`` command line. Usage errors (an unknown option, a value of the wrong
+    type) are one line and exit code 2, like lamina's own input errors; Ctrl-C exits 130."""
+    exc = _click_exceptions()
+    try:
+        code = app(args=argv, prog_name="lamina", standalone_mode=False)
+    except exc.NoArgsIsHelpError as err:
+        typer.echo(err.ctx.get_help() if err.ctx else "lamina --help")
+        return 2
+    except exc.UsageError as err:
+        hint = f" See `{err.ctx.command_path} --help`." if err.ctx else ""
+        typer.secho("error: " + " ".join(err.format_message().split()).rstrip(".") + "." + hint,
+                    fg="red", err=True)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        typer.secho("error: interrupted.", fg="red", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""``lamina collect``, ``lamina similar``, ``lamina approximate``: the activation-store
-commands, registered on the same app as :mod:`lamina.cli`."""
+"""``lamina collect``, ``lamina verify``, ``lamina similar``, ``lamina approximate``: the
+activation-store commands, registered on the same app as :mod:`lamina.cli`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,24 +25,68 @@ def collect(
     positions: str = "last",
     dtype: str = "float32",
     batch_size: int = 256,
+    shard_rows: Annotated[int | None, typer.Option(
+        help="Rows per shard (default: about 256 MiB per shard; a resume keeps the store's)."
+    )] = None,
 ) -> None:
-    """Capture sites for a corpus into an on-disk store (safetensors shards + manifest)."""
-    from lamina import store
+    """Capture sites for a corpus into an on-disk store (safetensors shards + manifest).
 
+    Running it again on the same --out resumes an interrupted collect; one collect writes a
+    store at a time."""
+    from lamina import store
+    from lamina.corpus import read_lines, read_text_file
+    from lamina.outputs import check_output_dir
+    from lamina.store.lock import LOCK
+
+    check_output_dir(out, option="--out", marker=("manifest.json", LOCK))
     if substrings is not None:
-        if text_file is None or not text_file.is_file():
-            raise LaminaError("--substrings needs --text-file pointing to an existing file.")
-        source: object = store.substrings(text_file.read_text("utf-8"), substrings)
+        if text_file is None or corpus is not None:
+            raise LaminaError("--substrings needs --text-file FILE (and no --corpus).")
+        source: object = store.substrings(read_text_file(text_file, option="--text-file"),
+                                          substrings)
     elif corpus is not None:
-        source = str(corpus)
+        if text_file is not None:
+            raise LaminaError("--text-file goes with --substrings N; with --corpus, leave it "
+                              "out.")
+        source = read_lines(corpus, option="--corpus")
     else:
         raise LaminaError("Give --corpus FILE, or --substrings N with --text-file FILE.")
     result = store.collect(
         model, source, site or ["hidden.*"], out,
         positions=_positions(positions),
-        dtype=dtype, batch_size=batch_size,
+        dtype=dtype, batch_size=batch_size, shard_rows=shard_rows,
     )
     typer.echo(repr(result))
+
+
+@app.command()
+@_friendly
+def verify(
+    store: Annotated[Path, typer.Argument(help="Activation store directory.")],
+) -> None:
+    """Check a store: manifest, every shard's checksum, header and values, and its strings.
+
+    Exit code 0 when it is healthy (complete or not), 2 with one line naming what is damaged."""
+    from lamina import store as lstore
+
+    report = lstore.open(store).verify()
+    state = ("complete" if report["complete"] else
+             f"incomplete: {report['n_committed']:,} of {report['n_rows']:,} rows (run the same "
+             "collect again to finish)")
+    checks = ("checksums match" if report["checksums"] else
+              "no checksums in this older format: headers and values checked")
+    typer.echo(f"ok: {store}: {report['shards']} shards, {report['n_committed']:,} rows, "
+               f"{checks}; {state}")
+
+
+PartialOpt = Annotated[bool, typer.Option(
+    help="Use the rows committed so far by an unfinished collect (else an error).")]
+
+
+def _note_partial(meta: dict[str, Any]) -> None:
+    if meta.get("partial"):
+        typer.echo(f"note: partial store: {meta['n_committed']:,} of {meta['n_rows']:,} rows "
+                   "(its collect has not finished)")
 
 
 @app.command()
@@ -55,6 +99,7 @@ def similar(
     k: int = 10,
     threshold: float | None = None,
     metric: str = "cosine",
+    partial: PartialOpt = False,
     out: OutOpt = None,
 ) -> None:
     """The stored strings whose activation is most similar to each query's."""
@@ -62,7 +107,8 @@ def similar(
     from lamina.analyses import similar_strings
 
     result = similar_strings(model, lstore.open(store), query, site=site, k=k,
-                             threshold=threshold, metric=metric)
+                             threshold=threshold, metric=metric, allow_partial=partial)
+    _note_partial(result.meta)
     _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])
     _save(result, out)
 
@@ -85,6 +131,7 @@ def approximate(
     ] = None,
     exclude_self: bool = False,
     seed: int = 1337,
+    partial: PartialOpt = False,
     out: OutOpt = None,
 ) -> None:
     """Approximate next-token distributions from similar strings (Hellinger distance)."""
@@ -103,7 +150,8 @@ def approximate(
     result = approximation(model, lstore.open(store), prompts, tune=tune, seed=seed,
                            thresholds=numbers(thresholds, STUDY_THRESHOLDS),
                            weights=numbers(weights, STUDY_WEIGHTS), exclude_self=exclude_self,
-                           baseline=baseline)
+                           baseline=baseline, allow_partial=partial)
+    _note_partial(result.meta)
     s = result.summary
     for variant in ("with_self", "without_self", "baseline"):
         if variant not in s:

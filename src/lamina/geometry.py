@@ -11,7 +11,12 @@ Array = np.ndarray | torch.Tensor
 
 
 def _as_tensor(x: Array) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    """``x`` as a tensor of finite numbers (NaN or infinite entries raise: they would make
+    every projection or cosine they touch NaN)."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise LaminaError("The vectors have NaN or infinite entries: remove or fix them first.")
+    return t
 
 
 def orthonormal_basis(directions: Array, tol: float = 1e-10) -> torch.Tensor:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+
+from lamina.outputs import atomic_dir
+from lamina.results import write_csv
 
 if TYPE_CHECKING:
     from lamina.train import TrainConfig, TrainResult
@@ -46,23 +51,36 @@ def _hardware(device: str) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def export_model(model: Any, tokenizer: Any, result: TrainResult, cfg: TrainConfig,
-                 command: str | None = None, text: str | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors``, tokenizer files, ``training_log.csv``,
-    ``loss_curve.png`` and ``MODEL_CARD.md`` into ``result.path``."""
-    import matplotlib
+def code_cell(text: str) -> str:
+    """``text`` as a Markdown inline code span that is safe in a table cell: a backtick fence
+    longer than any run of backticks inside (so nothing ends it early, and HTML inside stays
+    text), ``|`` escaped (GFM splits cells on it even inside code), line breaks as spaces."""
+    text = " ".join(str(text).splitlines()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out = result.path
-    out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    log = pd.DataFrame(result.log[1:])
-    log.to_csv(out / "training_log.csv", index=False)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) the files of ``src`` into ``dst``."""
+    dst.mkdir(parents=True)
+    for item in src.iterdir():
+        if item.is_dir():
+            _link_tree(item, dst / item.name)
+            continue
+        try:
+            os.link(item, dst / item.name)
+        except OSError:
+            shutil.copy2(item, dst / item.name)
+
+
+def _loss_figure(log: pd.DataFrame, path: Path) -> None:
+    """The loss curve, drawn on a bare :class:`~matplotlib.figure.Figure` (no pyplot, so the
+    caller's backend is left alone)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(log["step"], log["train_loss"], alpha=0.4, linewidth=0.8, label="train (batch)")
     if "val_loss" in log:
         v = log.dropna(subset=["val_loss"])
@@ -70,16 +88,39 @@ def export_model(model: Any, tokenizer: Any, result: TrainResult, cfg: TrainConf
     ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="Training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss_curve.png", dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=120)
+
+
+def export_model(model: Any, tokenizer: Any, result: TrainResult, cfg: TrainConfig,
+                 command: str | None = None, text: str | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors``, tokenizer files, ``training_log.csv``,
+    ``loss_curve.png`` and ``MODEL_CARD.md`` into ``result.path``, atomically: the directory
+    is replaced as a whole (keeping its ``checkpoint/``), so an interrupted export leaves the
+    previous one."""
+    out = result.path
+    with atomic_dir(out) as tmp:
+        _write_export(tmp, model, tokenizer, result, cfg, command, text)
+        if (out / "checkpoint").is_dir():
+            _link_tree(out / "checkpoint", tmp / "checkpoint")
+    return out
+
+
+def _write_export(out: Path, model: Any, tokenizer: Any, result: TrainResult, cfg: TrainConfig,
+                  command: str | None, text: str | None) -> None:
+    """The export's files and model card, written into ``out``."""
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    log = pd.DataFrame(result.log[1:])
+    write_csv(log, out / "training_log.csv")
+    _loss_figure(log, out / "loss_curve.png")
     device = result.log[0].get("device", "cpu")
     heldout = heldout_loss(model, tokenizer, text) if text else None
     heldout_slice = heldout_loss(model, tokenizer, text, windows=HELDOUT_WINDOWS) if text else None
-    commands = result.log[0].get("commands") or [command]
-    command = command or "lamina.train.train_char_lm(...)"
+    commands = result.log[0].get("commands") or [command or "lamina.train.train_char_lm(...)"]
     rows = [
         ("command" if len(commands) == 1 else "commands (first run, then resumes)",
-         "<br>".join(f"`{c}`" for c in commands)),
+         "<br>".join(code_cell(c) for c in commands)),
         ("architecture", f"GPT-2 (`GPT2LMHeadModel`), {cfg.n_layer} layers, d_model {cfg.n_embd}, "
          f"{cfg.n_head} heads, context {cfg.block_size}, ReLU feed-forward ({4 * cfg.n_embd}), "
          f"dropout {cfg.dropout}, untied unembedding"),
@@ -113,4 +154,3 @@ Load it with `lamina.load("<this directory>")` or with plain `transformers`
 (`AutoModelForCausalLM.from_pretrained`, `AutoTokenizer.from_pretrained`).
 """
     (out / "MODEL_CARD.md").write_text(card)
-    return out

@@ -18,8 +18,16 @@ import torch.nn as nn
 
 from lamina.activations import Activations
 from lamina.adapters import Adapter, Dims, adapter_for, dims_from_config
-from lamina.capture import Positions, run_capture, tokenize
+from lamina.capture import run_capture
 from lamina.errors import LaminaError, TokenizationError
+from lamina.inputs import Positions, check_batch_size, check_positions, tokenize
+from lamina.loading import (
+    check_local_dir,
+    from_pretrained,
+    looks_like_path,
+    parse_device,
+    parse_dtype,
+)
 from lamina.sites import Site, build_catalog, resolve_sites
 
 
@@ -218,23 +226,29 @@ class Model:
             positions: ``"last"`` (last real token, whatever the padding side), ``"first"``,
                 ``"all"``, an int (negative counts from the end), or one int per input.
             batch_size: inputs per forward pass (inputs are sorted by length to limit padding).
-            dtype: storage dtype of the captured tensors.
+            dtype: storage dtype of the captured tensors: float32, float16, bfloat16 or
+                float64.
             device: where the captured tensors are kept.
             truncate: cut inputs longer than the context (with a warning) instead of raising.
             progress: show a progress bar (default: when there is more than one batch).
 
         Returns:
-            :class:`Activations`, ``acts[site]`` of shape ``[n_inputs, ...]``.
+            :class:`Activations`, ``acts[site]`` of shape ``[n_inputs, ...]``. A ``module:``
+            site whose output has no sequence axis (``[batch, d]``, e.g. BERT's pooler) is
+            kept whole, one row per input whatever ``positions`` says; such sites are listed
+            in ``acts.meta["no_sequence_axis"]`` (and a warning says so).
         """
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        ids = tokenize(self, inputs, truncate=truncate)
+        dtype = parse_dtype(dtype)
+        device = parse_device(device)
+        check_positions(positions)
+        check_batch_size(batch_size)
         resolved = self.resolve_sites(sites)
+        ids = tokenize(self, inputs, truncate=truncate)
         if progress is None:
             progress = len(ids) > batch_size
-        tensors, lengths, picks = run_capture(
-            self, ids, resolved, positions, batch_size, dtype, device, progress
-        )
-        token_ids = torch.zeros((len(ids), int(lengths.max())), dtype=torch.long)
+        captured = run_capture(self, ids, resolved, positions, batch_size, dtype, device,
+                               progress)
+        token_ids = torch.zeros((len(ids), int(captured.lengths.max())), dtype=torch.long)
         for i, seq in enumerate(ids):
             token_ids[i, : len(seq)] = torch.tensor(seq)
         strings = (
@@ -242,17 +256,19 @@ class Model:
             if isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs)
             else [inputs] if isinstance(inputs, str) else [self.decode(seq) for seq in ids]
         )
+        extra = {"no_sequence_axis": captured.whole} if captured.whole else {}
         return Activations(
-            tensors,
+            captured.tensors,
             token_ids,
-            lengths,
-            picks,
+            captured.lengths,
+            captured.picks,
             strings,
             [self.token_strings(seq) for seq in ids],
             self.describe(
                 sites=[s.name for s in resolved],
                 positions=positions if isinstance(positions, (str, int)) else "per-input",
                 dtype=str(dtype).removeprefix("torch."),
+                **extra,
             ),
         )
 
@@ -294,22 +310,22 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _auto_class(config: Any) -> Any:
-    import transformers
-
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return transformers.AutoModelForCausalLM
-    if any(a.endswith("ForMaskedLM") for a in archs):
-        return transformers.AutoModelForMaskedLM
-    return transformers.AutoModel
+def _place(model: Model, device: torch.device | None, dtype: torch.dtype | str | None) -> Model:
+    """Move and cast ``model`` in place as asked (``None``: leave as it is)."""
+    if isinstance(dtype, torch.dtype) and any(
+            p.dtype != dtype for p in model.hf_model.parameters() if p.is_floating_point()):
+        model.hf_model.to(dtype=dtype)
+        model.processing.append(f"weights cast to {str(dtype).removeprefix('torch.')}")
+    if device is not None:
+        model.hf_model.to(device)
+    return model
 
 
 def load(
     spec: str | os.PathLike | tuple[nn.Module, Any] | Model,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     **hf_kwargs: Any,
@@ -318,52 +334,44 @@ def load(
 
     Args:
         spec: a built-in short name (``"minilm"``, ``"shakespeare-char"``), a local Hugging Face
-            model directory, a hub id (ordinary Hugging Face loading: works wherever the hub is
-            reachable or the model is cached), an ``(nn.Module, tokenizer)`` pair, or a
-            :class:`Model` (returned as is).
-        device: where to run the model (default: CUDA when available, else CPU).
-        dtype: weight dtype (default float32, the checkpoint's values unchanged).
+            model directory, a hub id (tried from the local cache first; downloaded only when
+            the hub answers within seconds), an ``(nn.Module, tokenizer)`` pair, or a
+            :class:`Model`.
+        device: where to run the model (default: CUDA when available, else CPU, for models
+            loaded by name; a given module or :class:`Model` stays where it is).
+        dtype: weight dtype: float32, float16, bfloat16, float64 or ``"auto"`` (the
+            checkpoint's). Default: float32 for models loaded by name (the checkpoint's values
+            unchanged); a given module or :class:`Model` keeps its own. A given module is
+            moved and cast in place.
         revision: hub revision (branch, tag or commit).
-        trust_remote_code: allow a hub repository's own Python code to run (off by default).
+        trust_remote_code: allow a model's own Python code (``auto_map`` in its config) to run
+            (off by default: such a model is refused with a message saying so).
     """
+    run_device = None if device is None else parse_device(device)
+    weights = None if dtype is None else parse_dtype(dtype, allow_auto=True)
     if isinstance(spec, Model):
-        return spec
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _place(spec, run_device, weights)
     if isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[0], nn.Module):
             raise LaminaError("Pass a model as (nn.Module, tokenizer).")
         module, tokenizer = spec
-        return Model(module, tokenizer, name=type(module).__name__)
+        return _place(Model(module, tokenizer, name=type(module).__name__), run_device, weights)
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise LaminaError(f"Cannot load {spec!r}: give a built-in name ({', '.join(BUILTINS)}), "
+                          "a model directory, a hub id (org/name) or (nn.Module, tokenizer).")
     name = str(spec)
+    local = name in BUILTINS or looks_like_path(name) or Path(name).exists()
     if name in BUILTINS:
-        path: str = str(BUILTINS[name]())
-    elif Path(name).exists():
-        path = name
-        if not (Path(name) / "config.json").exists():
-            raise LaminaError(
-                f"{name} is not a Hugging Face model directory (no config.json in it)."
-            )
+        source = str(BUILTINS[name]())
+    elif local:
+        source = str(check_local_dir(name, trust_remote_code=trust_remote_code))
     else:
-        path = name
-    import transformers
-
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    from transformers.utils import logging as hf_logging
-
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is only noise here
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, **common)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **common)
-        hf_model = _auto_class(config).from_pretrained(path, dtype=dtype, **common, **hf_kwargs)
-    except OSError as err:
-        raise LaminaError(
-            f"Could not load {name!r}: {err}\nBuilt-in models: {', '.join(BUILTINS)}. A hub id "
-            "needs the hub (or its local cache); a local path must be a model directory."
-        ) from None
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
-    processing = [] if dtype in (torch.float32, "auto") else [f"weights cast to {dtype}"]
-    return Model(hf_model.to(device), tokenizer, name=name, processing=processing)
+        source = name
+    weights = torch.float32 if weights is None else weights
+    hf_model, tokenizer = from_pretrained(
+        name, source, local=local, dtype=weights, revision=revision,
+        trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
+    processing = [] if weights in (torch.float32, "auto") else [
+        f"weights cast to {str(weights).removeprefix('torch.')}"]
+    return Model(hf_model.to(run_device or parse_device(None)), tokenizer, name=name,
+                 processing=processing)

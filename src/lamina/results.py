@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lamina.outputs import atomic_dir, check_output_dir
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
@@ -28,6 +30,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells cannot run as spreadsheet formulas: a cell that
+    starts with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'``
+    (OWASP's advice for CSV injection). Numbers are untouched, so numeric columns read back
+    exactly; only strings (token strings, corpus text) change."""
+    out = frame.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):  # object, str (pandas 3), category
+            out[col] = out[col].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` as CSV for spreadsheets (see :func:`spreadsheet_safe`)."""
+    spreadsheet_safe(frame).to_csv(path, index=False)
 
 
 @dataclass
@@ -55,23 +78,24 @@ class Result:
         return {self.name: self.plot()}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``summary.json``, ``<name>.csv`` (and further tables) and the figures as PNG.
-        ``summary.json`` is written last, so its presence marks a complete output."""
+        """Write ``summary.json``, ``<name>.csv`` (and further tables) and the figures as PNG
+        into ``directory``, atomically: everything is written to a temporary sibling that
+        replaces ``directory`` at the end, so an interrupted save leaves the old output (or
+        none), never a half-written one. An existing ``directory`` must be empty or a previous
+        output (it holds ``summary.json``): it is replaced as a whole."""
         import matplotlib.pyplot as plt
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)
-        self.to_frame().to_csv(out / f"{self.name}.csv", index=False)
-        for stem, frame in self.extra_tables().items():
-            frame.to_csv(out / f"{stem}.csv", index=False)
-        for stem, fig in self.figures().items():
-            fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
-            plt.close(fig)
-        tmp = out / "summary.json.tmp"
+        out = check_output_dir(directory, marker="summary.json")
         summary = self.summary
         if isinstance(summary, pd.DataFrame):
             summary = summary.to_dict(orient="records")
-        tmp.write_text(json.dumps(_jsonable({"summary": summary, **self.meta}), indent=2))
-        tmp.replace(out / "summary.json")
+        with atomic_dir(out) as tmp:
+            write_csv(self.to_frame(), tmp / f"{self.name}.csv")
+            for stem, frame in self.extra_tables().items():
+                write_csv(frame, tmp / f"{stem}.csv")
+            for stem, fig in self.figures().items():
+                fig.savefig(tmp / f"{stem}.png", dpi=120, bbox_inches="tight")
+                plt.close(fig)
+            (tmp / "summary.json").write_text(
+                json.dumps(_jsonable({"summary": summary, **self.meta}), indent=2))
         return out

@@ -3,10 +3,52 @@ character model can write far beyond its 256-character context)."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
-from lamina.errors import LaminaError
+from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
+
+
+def _check(n: object, temperature: object, top_k: object, seed: object) -> None:
+    """Refuse settings that would crash, or sample something other than what was asked."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not is_int(n) or n < 0:  # type: ignore[operator]
+        raise LaminaError(f"n (tokens to generate) must be an integer >= 0, not {n!r}.",
+                          cli=f"-n (tokens to generate) must be an integer >= 0, not {n!r}.")
+    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
+            or not math.isfinite(temperature) or temperature < 0):
+        raise LaminaError(f"temperature must be a finite number >= 0 (0 = greedy), not "
+                          f"{temperature!r}.",
+                          cli=f"--temperature must be a finite number >= 0 (0 = greedy), not "
+                          f"{temperature!r}.")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):  # type: ignore[operator]
+        raise LaminaError(f"top_k must be an integer >= 1 (or None: no cut-off), not {top_k!r}.",
+                          cli=f"--top-k must be an integer >= 1 (leave it out for no cut-off), "
+                          f"not {top_k!r}.")
+    if not is_int(seed) or not 0 <= seed < 2**63:  # type: ignore[operator]
+        raise LaminaError(f"seed must be an integer >= 0, not {seed!r}.",
+                          cli=f"--seed must be an integer >= 0, not {seed!r}.")
+
+
+def _prompt_ids(model: Model, prompt: str) -> list[int]:
+    """All the prompt's tokens (a prompt longer than the context is kept whole: the loop reads
+    its last window)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise LaminaError("The prompt is empty: give at least one character or word.",
+                          cli="The --prompt is empty: give at least one character or word.")
+    try:
+        ids = model.to_tokens(prompt)[0]
+    except ContextLengthError:
+        ids = list(model.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not ids:
+        raise LaminaError("The prompt has no tokens: give at least one character or word.",
+                          cli="The --prompt has no tokens: give at least one character or word.")
+    return ids
 
 
 @torch.inference_mode()
@@ -14,27 +56,27 @@ def generate(model: Model | str, prompt: str, n: int = 500, *, temperature: floa
              top_k: int | None = None, seed: int = 0) -> str:
     """Continue ``prompt`` by ``n`` sampled tokens; returns prompt + continuation.
 
-    ``temperature`` 0 picks the most likely token (greedy); ``seed`` makes sampling repeatable.
+    ``temperature`` 0 picks the most likely token (greedy); ``top_k`` keeps only the k most
+    likely tokens; ``seed`` makes sampling repeatable. Settings that cannot be honoured (a
+    negative ``n``, a temperature that is NaN, infinite or negative, ``top_k < 1``) raise a
+    :class:`LaminaError`.
     """
+    _check(n, temperature, top_k, seed)
     model = load(model)
     if not model.is_causal:
         raise LaminaError(f"{model.name} is not a causal language model: it cannot generate.")
-    if temperature < 0:
-        raise LaminaError("temperature must be >= 0.")
-    ids = model.to_tokens(prompt, truncate=True)[0] if prompt else []
-    if not ids:
-        raise LaminaError("The prompt has no tokens: give at least one character or word.")
+    ids = _prompt_ids(model, prompt)
     window = model.max_length or len(ids) + n
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
     for _ in range(n):
         context = torch.tensor([ids[-window:]], device=model.device)
         logits = model.hf_model(input_ids=context).logits[0, -1].float().cpu()
         if temperature == 0:
             ids.append(int(logits.argmax()))
             continue
-        logits = logits / temperature
+        logits = (logits - logits.max()) / temperature  # max 0: no overflow at small t
         if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+            kth = torch.topk(logits, min(int(top_k), logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         ids.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
     return model.decode(ids)

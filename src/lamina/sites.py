@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -136,9 +136,7 @@ def resolve_sites(
 ) -> list[Site]:
     """Turn a request (names, globs, short forms, ``module:`` paths) into sites, in forward
     order, without duplicates. Raises :class:`UnknownSiteError` with the closest names."""
-    patterns: Sequence[str] = [request] if isinstance(request, str) else list(request)
-    if not patterns:
-        raise UnknownSiteError("No site was requested: pass e.g. sites='blocks.*.hook_resid_post'.")
+    patterns = _patterns(request)
     chosen: dict[str, Site] = {}
     extra: list[Site] = []
     for raw in patterns:
@@ -151,22 +149,25 @@ def resolve_sites(
                 f"Site {raw!r} needs an architecture adapter, and this model "
                 f"({type(root).__name__}) has none. Supported families: {SUPPORTED_FAMILIES}. "
                 "For any other model, capture a submodule's output with 'module:<dotted.path>' "
-                "(paths as printed by print(model.hf_model))."
+                "(paths as printed by print(model.hf_model)).",
+                cli=f"Site {raw!r} needs an architecture adapter, and this model "
+                f"({type(root).__name__}) has none. Supported families: {SUPPORTED_FAMILIES}. "
+                "For any other model, capture a submodule's output with --site "
+                "'module:<dotted.path>' (paths from `lamina sites --modules`).",
             )
         if any(ch in pattern for ch in "*?["):
             hits = [name for name in catalog if fnmatch.fnmatchcase(name, pattern)]
             if not hits:
-                raise UnknownSiteError(
-                    f"No site matches {raw!r}.{suggest(pattern, catalog)} "
-                    "See model.sites for the full list."
-                )
+                hint = f"No site matches {raw!r}.{suggest(pattern, catalog)} "
+                raise UnknownSiteError(hint + "See model.sites for the full list.",
+                                       cli=hint + "Run `lamina sites` for the full list.")
         elif pattern in catalog:
             hits = [pattern]
         else:
-            raise UnknownSiteError(
-                f"Unknown site {raw!r}.{suggest(pattern, catalog)} See model.sites for the list "
-                "(this model has: " + _summary(catalog) + ")."
-            )
+            hint = f"Unknown site {raw!r}.{suggest(pattern, catalog)} "
+            kinds = f" (this model has: {_summary(catalog)})."
+            raise UnknownSiteError(hint + "See model.sites for the list" + kinds,
+                                   cli=hint + "Run `lamina sites` for the list" + kinds)
         for name in hits:
             chosen[name] = catalog[name]
     ordered = [site for name, site in catalog.items() if name in chosen]
@@ -176,14 +177,35 @@ def resolve_sites(
     return ordered
 
 
+def _patterns(request: object) -> Sequence[str]:
+    """``request`` as a non-empty list of strings, or an :class:`UnknownSiteError`."""
+    example = "e.g. sites='blocks.*.hook_resid_post' or ['hidden.0', 'resid_post.3']"
+    cli = "Give sites with --site, e.g. --site 'resid_post.*'."
+    if isinstance(request, str):
+        request = [request]
+    elif request is None or isinstance(request, (bytes, Mapping, Set)) or not isinstance(
+            request, Iterable):
+        raise UnknownSiteError(f"sites must be a site name or a list of names, not "
+                               f"{type(request).__name__} {request!r}: {example}.", cli=cli)
+    patterns = list(request)
+    if not patterns:
+        raise UnknownSiteError(f"No site was requested: pass {example}.",
+                               cli="No site was requested: " + cli)
+    bad = [p for p in patterns if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise UnknownSiteError(f"Site names are non-empty strings; sites holds {bad[0]!r} "
+                               f"({type(bad[0]).__name__}): {example}.",
+                               cli=f"--site {bad[0]!r} is empty. " + cli)
+    return patterns
+
+
 def _module_site(raw: str, root: nn.Module) -> Site:
     path = raw.removeprefix("module:")
     names = [name for name, _ in root.named_modules() if name]
     if path not in names:
-        raise UnknownSiteError(
-            f"{type(root).__name__} has no submodule {path!r}.{suggest(path, names)} "
-            "Use a dotted path as printed by print(model.hf_model)."
-        )
+        hint = f"{type(root).__name__} has no submodule {path!r}.{suggest(path, names)} "
+        raise UnknownSiteError(hint + "Use a dotted path as printed by print(model.hf_model).",
+                               cli=hint + "Run `lamina sites --modules` for the paths.")
     return Site(raw, HookPoint(path), None)
 
 

@@ -11,11 +11,16 @@ read it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import shutil
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lamina.corpus import text_of
 from lamina.errors import LaminaError
+from lamina.outputs import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,113 @@ def _load_checkpoint(ckpt: Path, model: Any, opt: torch.optim.Optimizer
     return int(meta["step"]), list(meta["log"])
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint at ``step``; running
+    the same call (or command) again resumes from it."""
+
+    def __init__(self, step: int, steps: int, checkpoint: Path, signum: int) -> None:
+        super().__init__(f"interrupted at step {step} of {steps} (checkpoint saved in "
+                         f"{checkpoint}); run the same command again to resume.")
+        self.step, self.signum = step, signum
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM instead of dying, so the loop can save a checkpoint and stop at
+    the end of its step (a second signal interrupts at once). Main thread only: elsewhere
+    signals cannot be caught and the list stays empty."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _device(device: str | None) -> str:
+    """``device``, checked: a torch device this machine has (default: CUDA when available)."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LaminaError(f"Unknown device {device!r}: use 'cpu' or 'cuda'.",
+                          cli=f"Unknown --device {device!r}: use cpu or cuda.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LaminaError("CUDA is not available on this machine: pass device='cpu', or leave "
+                          "device unset to choose automatically.",
+                          cli="CUDA is not available on this machine: pass --device cpu, or "
+                          "leave --device out to choose automatically.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LaminaError(f"No GPU {device!r}: this machine has {torch.cuda.device_count()}.")
+    if dev.type not in ("cpu", "cuda"):
+        raise LaminaError(f"Training runs on 'cpu' or 'cuda', not {device!r}.",
+                          cli=f"Training runs on --device cpu or cuda, not {device!r}.")
+    return str(dev)
+
+
+def _config(preset: str, steps: Any, seed: Any, overrides: dict[str, Any]) -> TrainConfig:
+    """The preset's settings with the overrides, each checked."""
+    if preset not in PRESETS:
+        raise LaminaError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.",
+                          cli=f"Unknown --preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+    names = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise LaminaError(f"Unknown training setting(s) {unknown}: TrainConfig has {names}.")
+    for name, value, low in (("steps", steps, 1), ("seed", seed, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value < 2**32):
+            raise LaminaError(f"{name} must be an integer in [{low}, 2**32), not {value!r}.",
+                              cli=f"--{name} must be an integer from {low} to 2**32 - 1, "
+                              f"not {value!r}.")
+    cfg = replace(PRESETS[preset], **overrides)
+    return replace(cfg, steps=cfg.steps if steps is None else steps,
+                   seed=cfg.seed if seed is None else seed)
+
+
+def _resume(ckpt: Path, model: Any, opt: torch.optim.Optimizer, cfg: TrainConfig,
+            chars: list[str], digest: str) -> tuple[int, list[dict[str, Any]]]:
+    """Load ``ckpt`` after checking that it belongs to this run (same settings, same text)."""
+    try:
+        first = (json.loads((ckpt / "state.json").read_text()).get("log") or [{}])[0]
+        previous = {k: v for k, v in (first.get("config") or {}).items() if k != "steps"}
+    except (OSError, ValueError, AttributeError, IndexError, TypeError) as err:
+        raise LaminaError(f"The checkpoint {ckpt} is damaged ({err}): delete it to start "
+                          "over.") from None
+    same = {k: v for k, v in asdict(cfg).items() if k != "steps"}
+    if ((previous and previous != same) or first.get("chars", "".join(chars)) != "".join(chars)
+            or first.get("corpus_sha256", digest) != digest):
+        raise LaminaError(f"{ckpt} belongs to a run with other settings or another text: use "
+                          "another out, or delete it to start over.",
+                          cli=f"{ckpt} belongs to a run with other settings or another "
+                          "--corpus: use another --out, or delete it to start over.")
+    try:
+        step, log = _load_checkpoint(ckpt, model, opt)
+    except Exception as err:  # safetensors/torch errors on a damaged file
+        raise LaminaError(f"The checkpoint {ckpt} is damaged ({type(err).__name__}): delete "
+                          "it to start over.") from None
+    if step > cfg.steps:
+        raise LaminaError(f"{ckpt} is already at step {step}, past steps={cfg.steps}: ask for "
+                          f"at least {step} steps, or use another out.",
+                          cli=f"{ckpt} is already at step {step}, past --steps {cfg.steps}: "
+                          f"pass --steps {step} or more, or use another --out.")
+    return step, log
+
+
+EXPORT_MARKERS = ("checkpoint", "MODEL_CARD.md")  # an ``out`` holding one is ours to replace
+
+
 @dataclass
 class TrainResult:
     """Where the model was written and how training went."""
@@ -179,8 +292,9 @@ def train_char_lm(
     """Train (or resume training) a character-level GPT-2 on ``corpus`` and export it to ``out``.
 
     Args:
-        corpus: a text file path, or the text itself.
-        out: output directory; ``out/checkpoint`` holds the resumable state.
+        corpus: the text itself (a ``str``), or a ``pathlib.Path`` to a UTF-8 text file.
+        out: output directory; ``out/checkpoint`` holds the resumable state. It is checked
+            before the work; the final export replaces it atomically (keeping the checkpoint).
         preset: ``"seed"`` (the notebook's 10.8M-parameter model), ``"small"`` or ``"tiny"``.
         steps: override the preset's number of steps.
         device: ``"cuda"`` or ``"cpu"`` (default: CUDA when available).
@@ -188,42 +302,64 @@ def train_char_lm(
         autocast: bfloat16 autocast (default: on for CPU, where it is ~3x faster).
         command: the command line recorded in the model card.
         overrides: any other :class:`TrainConfig` field.
+
+    A checkpoint is saved every ``checkpoint_every`` steps and at the last step. On SIGINT or
+    SIGTERM the step in progress finishes, a checkpoint is saved and
+    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised: the same call resumes.
     """
-    if preset not in PRESETS:
-        raise LaminaError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-    cfg = replace(PRESETS[preset], **overrides)
-    if steps is not None:
-        cfg = replace(cfg, steps=steps)
-    if seed is not None:
-        cfg = replace(cfg, seed=seed)
+    cfg = _config(preset, steps, seed, overrides)
+    device = _device(device)
+    out = check_output_dir(out, option="out", marker=EXPORT_MARKERS)
     text = text_of(corpus)
     chars, train, val = split_text(text)
     if len(val) <= cfg.block_size + 1:
+        need = 10 * (cfg.block_size + 2)
+        tiny = PRESETS["tiny"].block_size
+        shorter = (f", or preset='tiny' (context {tiny})", f", or --preset tiny (context {tiny})"
+                   ) if cfg.block_size > tiny else ("", "")
         raise LaminaError(
-            f"The text is too short for a context of {cfg.block_size}: its last 10% has "
-            f"{len(val)} characters. Use a longer text or a smaller block_size.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            f"The text is too short for a context of {cfg.block_size}: its last 10% (the "
+            f"validation part) has {len(val)} characters. Give at least {need} "
+            f"characters{shorter[0]}.",
+            cli=f"The --corpus is too short for a context of {cfg.block_size}: give at least "
+            f"{need} characters{shorter[1]}.")
     autocast = (device == "cpu") if autocast is None else autocast
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(_model_config(cfg, len(chars))).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    out = Path(out)
     ckpt = out / "checkpoint"
+    digest = hashlib.sha256(text.encode()).hexdigest()
     step, log = 0, []
-    if (ckpt / "state.json").exists():
-        saved = json.loads((ckpt / "state.json").read_text()).get("log", [])
-        same = {k: v for k, v in asdict(cfg).items() if k != "steps"}
-        previous = {k: v for k, v in (saved[0].get("config") or {}).items() if k != "steps"}
-        if saved and previous and previous != same:
-            raise LaminaError(f"{ckpt} belongs to a run with other settings: use another --out.")
-        step, log = _load_checkpoint(ckpt, model, opt)
+    if ckpt.exists():
+        step, log = _resume(ckpt, model, opt, cfg, chars, digest)
     if not log:
-        log = [{"config": asdict(cfg), "chars": "".join(chars), "device": device}]
+        log = [{"config": asdict(cfg), "chars": "".join(chars), "corpus_sha256": digest,
+                "device": device}]
     if command:
         log[0].setdefault("commands", []).append(command)
     started = time.time() - sum(r.get("seconds", 0.0) for r in log[1:])
+    with _stop_requests() as stop:
+        step, train_loss, val_loss = _loop(model, opt, train, val, cfg, step, log, ckpt,
+                                           device, autocast, progress, stop)
+        from lamina.modelcard import export_model
+
+        evals = [r["val_loss"] for r in log[1:] if "val_loss" in r]
+        result = TrainResult(out, step, train_loss if not math.isnan(train_loss) else
+                             log[-1].get("train_loss", math.nan),
+                             evals[-1] if evals else val_loss,
+                             sum(p.numel() for p in model.parameters()),
+                             time.time() - started, log)
+        export_model(model, char_tokenizer(chars), result, cfg, command, text)
+    return result
+
+
+def _loop(model: Any, opt: torch.optim.Optimizer, train: torch.Tensor, val: torch.Tensor,
+          cfg: TrainConfig, step: int, log: list[dict[str, Any]], ckpt: Path, device: str,
+          autocast: bool, progress: bool, stop: list[int]) -> tuple[int, float, float]:
+    """Train from ``step`` to ``cfg.steps``, checkpointing every ``checkpoint_every`` steps,
+    at the end, and when a stop was requested (then :class:`TrainingInterrupted`)."""
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
     train_loss = val_loss = math.nan
@@ -248,14 +384,11 @@ def train_char_lm(
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         log.append(record)
         bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
             _save_checkpoint(ckpt, model, opt, step, log)
+        if stop and step < cfg.steps:
+            bar.close()
+            raise TrainingInterrupted(step, cfg.steps, ckpt, stop[0])
     bar.close()
-    from lamina.modelcard import export_model
+    return step, train_loss, val_loss
 
-    evals = [r["val_loss"] for r in log[1:] if "val_loss" in r]
-    result = TrainResult(out, step, train_loss if not math.isnan(train_loss) else
-                         log[-1].get("train_loss", math.nan), evals[-1] if evals else val_loss,
-                         sum(p.numel() for p in model.parameters()), time.time() - started, log)
-    export_model(model, char_tokenizer(chars), result, cfg, command, text)
-    return result

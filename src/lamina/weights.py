@@ -54,8 +54,9 @@ def head_weights(model: Model, layer: int) -> HeadWeights:
     """The raw attention weights of block ``layer``, per head."""
     if model.adapter is None:
         raise LaminaError(f"{model.name} has no architecture adapter: its weights are unknown.")
-    if not 0 <= layer < model.n_layers:
-        raise LaminaError(f"layer must be in [0, {model.n_layers}), not {layer}.")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < model.n_layers:
+        raise LaminaError(f"layer must be an int in [0, {model.n_layers}), not {layer!r}.",
+                          cli=f"--layer must be in [0, {model.n_layers}), not {layer}.")
     block = model.base_module(model.adapter.block(layer))
     h, kv, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
     family = model.family

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lamina.analyses._checks import check_count, single_token
 from lamina.errors import LaminaError
 from lamina.geometry import cosine
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.weights import effective_embedding, folded_query_bias, head_weights
+from lamina.weights import effective_embedding, embedding_matrix, folded_query_bias, head_weights
 
 
 @dataclass
@@ -29,7 +30,8 @@ class AlignmentResult(Result):
     position 0 (token alone). ``position_cosines``: position -> ``[n_sequences]``.
     ``summary``: one row per position (``position``, ``mean``, ``std``, ``min``, ``max``).
     ``vocab``: statistics and extreme tokens of the vocabulary sweep; ``key_side``: cosines
-    with ``W_E``/effective-embedding transforms; ``bos``: the BOS-specific figures."""
+    with ``W_E``/effective-embedding transforms (``meta["key_side"]`` says which matrices were
+    used and, when only ``W_E``, why); ``bos``: the BOS-specific figures."""
 
     vocab_cosines: np.ndarray
     position_cosines: dict[int, np.ndarray]
@@ -86,11 +88,20 @@ def _query_vector(model: Model, layer: int, head: int, query: Any) -> tuple[torc
         word = query.removeprefix("token:")
         unembed = model.hf_model.get_output_embeddings()
         if unembed is None:
-            raise LaminaError(f"{model.name} has no unembedding for query={query!r}.")
-        vec = unembed.weight.detach()[model.single_token(word)] @ hw.W_Q[head]
+            raise LaminaError(f"{model.name} has no unembedding for query={query!r}.",
+                              cli=f"{model.name} has no unembedding for --query {query}: use "
+                              "--query bias or bias_folded.")
+        tid = single_token(model, word, "query", "--query token:<word>")
+        vec = unembed.weight.detach()[tid] @ hw.W_Q[head]
         label = f"unembedding of {word!r} through W_Q"
     elif not isinstance(query, str):
-        v = torch.as_tensor(np.asarray(query), dtype=hw.W_Q.dtype)
+        try:
+            v = torch.as_tensor(np.asarray(query, dtype=np.float64), dtype=hw.W_Q.dtype)
+        except (TypeError, ValueError):
+            raise LaminaError(f"A query must be 'bias', 'bias_folded', 'token:<word>' or a "
+                              f"vector of numbers, not {type(query).__name__}.") from None
+        if not torch.isfinite(v).all():
+            raise LaminaError("The query vector has NaN or infinite entries.")
         if v.shape == (model.d_head,):
             vec, label = v, "user vector (head space)"
         elif v.shape == (model.d_model,):
@@ -100,10 +111,14 @@ def _query_vector(model: Model, layer: int, head: int, query: Any) -> tuple[torc
                               f"[{model.d_model}], not {tuple(v.shape)}.")
     else:
         raise LaminaError(f"Unknown query {query!r}: use 'bias', 'bias_folded', "
-                          "'token:<word>', or a vector.")
+                          "'token:<word>', or a vector.",
+                          cli=f"Unknown --query {query!r}: use bias, bias_folded or "
+                          "token:<word>.")
     if float(vec.norm()) == 0:
         raise LaminaError(f"The query vector of head {layer}.{head} is zero (this model has no "
-                          "query bias?): pass another query, e.g. query='token:the'.")
+                          "query bias?): pass another query, e.g. query='token:the'.",
+                          cli=f"The query vector of head {layer}.{head} is zero (this model has "
+                          "no query bias?): pass another --query, e.g. --query token:the.")
     return vec.detach().double(), label
 
 
@@ -118,13 +133,38 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
             ``"token:<word>"`` (the word's unembedding through ``W_Q``), or a vector of shape
             ``[d_head]`` (used as is) or ``[d_model]`` (mapped through ``W_Q``).
         positions: key positions of the random-sequence sweep (each ``< seq_len``).
-        n_sequences, seq_len, seed: the random sequences (uniform over non-special tokens).
+        n_sequences, seq_len, seed: the random sequences (uniform over non-special tokens);
+            at least two sequences (for a spread), ``1 <= seq_len <=`` the model's context.
+
+    The key-side cosines use the effective embedding (``W_E``, ``W_EE``, ``mlp``,
+    ``attn_mlp``) where it is defined (pre-LN blocks) and ``W_E`` alone otherwise;
+    ``meta["key_side"]`` records which, and why.
     """
+    check_count(n_sequences, "n_sequences", 2, option="--n-sequences",
+                why=" (the spread of the cosines needs two sequences)")
+    check_count(seq_len, "seq_len", 1, option="--seq-len")
+    check_count(batch_size, "batch_size", 1)
+    positions = tuple(positions)
+    if not positions:
+        raise LaminaError("positions is empty: give at least one key position.",
+                          cli="Give at least one --position.")
     model = load(model)
-    if not 0 <= head < model.n_heads:
-        raise LaminaError(f"head must be in [0, {model.n_heads}), not {head}.")
-    if any(not 0 <= p < seq_len for p in positions):
-        raise LaminaError(f"positions must lie in [0, seq_len={seq_len}): {list(positions)}.")
+    for name, value, n in (("layer", layer, model.n_layers), ("head", head, model.n_heads)):
+        check_count(value, name, 0, option=f"--{name}")
+        if value >= n:
+            raise LaminaError(f"{name} must be in [0, {n}), not {value}: the model has {n} "
+                              f"{name}s.", cli=f"--{name} must be in [0, {n}), not {value}: the "
+                              f"model has {n} {name}s.")
+    if model.max_length and seq_len > model.max_length:
+        raise LaminaError(f"seq_len={seq_len} exceeds the model's context of "
+                          f"{model.max_length} tokens.",
+                          cli=f"--seq-len {seq_len} exceeds the model's context of "
+                          f"{model.max_length} tokens.")
+    if any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < seq_len
+           for p in positions):
+        raise LaminaError(f"positions must lie in [0, seq_len={seq_len}): {list(positions)}.",
+                          cli=f"Each --position must lie in [0, --seq-len {seq_len}): "
+                          f"{list(positions)}.")
     qvec, qlabel = _query_vector(model, layer, head, query)
     hw = head_weights(model, layer)
     kvh = hw.kv_head(head)
@@ -136,20 +176,20 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
     bos_id = next((getattr(model.tokenizer, a) for a in ("bos_token_id", "cls_token_id")
                    if isinstance(getattr(model.tokenizer, a, None), int)), None)
     bos: dict[str, float] = {}
-    parts: dict[str, torch.Tensor] = {}
     try:
-        parts = effective_embedding(model)
-    except LaminaError:
-        from lamina.weights import embedding_matrix
-
-        parts = {"W_E": embedding_matrix(model)}
+        parts, fallback = effective_embedding(model), None
+    except LaminaError as err:
+        parts, fallback = {"W_E": embedding_matrix(model)}, f"W_E only: {err}"
+    key_meta: dict[str, Any] = {"matrices": list(parts), "fallback": fallback}
     W_K = hw.W_K[kvh].double()
     for name, matrix in parts.items():
         side = matrix.double() @ W_K
         nonzero = side.norm(dim=-1) > 0
-        values = np.full(len(side), np.nan)
+        values = np.full(len(side), np.nan)  # a zero key has no cosine
         values[nonzero.numpy()] = cosine(side[nonzero], qvec).numpy()
         key_side[name] = values
+        if not nonzero.all():
+            key_meta[f"{name}_zero_rows"] = int((~nonzero).sum())
         if bos_id is not None:
             bos[f"{name}_through_W_K"] = float(values[bos_id])
     if bos_id is not None:
@@ -178,5 +218,6 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
         vocab_cos, position_cos, vocab, key_side, bos, summary=summary,
         meta=model.describe(layer=layer, head=head, query=qlabel, kv_head=kvh,
                             positions=list(positions), n_sequences=n_sequences,
-                            seq_len=seq_len, seed=seed, vocab=vocab, bos=bos),
+                            seq_len=seq_len, seed=seed, vocab=vocab, bos=bos,
+                            key_side=key_meta),
     )

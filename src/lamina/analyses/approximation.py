@@ -208,7 +208,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                   weights: Sequence[float] | None = None, exclude_self: bool = False,
                   tune: Any = 500, seed: int = 1337,
                   site: str = "blocks.{b}.hook_mlp_out",
-                  baseline: Model | str | None = None,
+                  baseline: Model | str | None = None, allow_partial: bool = False,
                   progress: bool = True) -> ApproximationResult:
     """Approximate the model's next-token distribution from similar stored strings.
 
@@ -225,8 +225,11 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
             its Hellinger distance to ``model`` on the same prompts is the ``baseline_hellinger``
             column and ``summary["baseline"]``, the scale against which the approximation's
             distance means something.
+        allow_partial: use the committed rows of an incomplete store (else an error); the
+            summary and ``meta`` say ``partial`` with ``n_committed`` of ``n_rows``.
         progress: a progress bar for each block's pass over the store.
     """
+    state = store.require_complete(allow_partial)
     model = load(model)
     store.check_model(model)
     if not store.manifest.get("substring_length"):
@@ -237,7 +240,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
     missing = [s for s in sites if s not in store.sites]
     if missing:
         raise LaminaError(f"The store lacks {missing}: collect them (lamina collect --site ...).")
-    counts = next_token_counts(store.substrings(), model.tokenizer.get_vocab())
+    counts = next_token_counts(store.substrings(), model.tokenizer.get_vocab())[: len(store)]
     row_of = {s: i for i, s in enumerate(store.strings)}
 
     def sums_for(texts: list[str], grids: list[Sequence[float]]) -> list[BlockSums]:
@@ -286,7 +289,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                "exclude_self": exclude_self, "with_self": stats(d_with, e_with),
                "without_self": stats(d_without, e_without),
                "thresholds": [float(t) for t in thresholds],
-               "weights": [float(w) for w in weights], "fitted": fitted, **meta_tune}
+               "weights": [float(w) for w in weights], "fitted": fitted, **meta_tune, **state}
     if baseline is not None:
         base = hellinger(p, next_token_distribution(load(baseline), prompts))
         table["baseline_hellinger"] = base
@@ -294,4 +297,4 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
             baseline if isinstance(baseline, str) else baseline.name)}
     vocab = model.token_strings(list(range(model.vocab_size)))
     return ApproximationResult(table, p, q, vocab, summary=summary, meta=model.describe(
-        store=str(store.path), site=site, seed=seed))
+        store=str(store.path), site=site, seed=seed, **state))

@@ -12,6 +12,7 @@ everywhere: the mean-centred cosine's Δ and t and a random-token baseline are r
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lamina.analyses._checks import check_count, noted_group_stats
 from lamina.analyses.category_plots import plot_laminar, plot_layer, plot_variance
+from lamina.corpus import read_text_file
 from lamina.errors import LaminaError, TokenizationError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import group_stats, scan
+from lamina.similarity import scan
 from lamina.sites import layer_of
 
 #: The notebook's words: (category, word).
@@ -86,24 +89,62 @@ class CategoriesResult(Result):
         return str(match["site"].iloc[0])
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    text = read_text_file(path, option="words")
+    try:  # every cell a string: "NA", "null" and "nan" are words, not missing values
+        return pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True,
+                           keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise LaminaError(f"{path} is not a CSV with columns label,word: "
+                          f"{' '.join(str(err).split())}") from None
+
+
 def read_words(words: Any) -> pd.DataFrame:
-    """``(label, word)`` pairs, a frame with ``label``/``word`` or a CSV path -> frame."""
+    """``(label, word)`` pairs, a frame with ``label``/``word`` or a CSV path -> frame,
+    checked: at least two categories, each of at least two words (so that it has a
+    within-category pair), no empty label or word, no word twice."""
     if words is None:
         return pd.DataFrame(BUILTIN_WORDS, columns=["label", "word"])
     if isinstance(words, (str, Path)):
-        path = Path(words)
-        if not path.is_file():
-            raise LaminaError(f"No such word list: {path} (a CSV with columns label,word).")
-        frame = pd.read_csv(path, dtype=str, skipinitialspace=True)
+        frame = _read_csv(Path(words))
+        row = f"line {{}} of {words}"
+        first = 2  # the header is line 1
     elif isinstance(words, pd.DataFrame):
-        frame = words.copy()
+        frame, row, first = words.reset_index(drop=True), "row {}", 0
     else:
-        frame = pd.DataFrame(list(words), columns=["label", "word"])
+        try:
+            frame = pd.DataFrame(list(words), columns=["label", "word"])
+        except (TypeError, ValueError):
+            raise LaminaError("words must be (label, word) pairs, a frame with columns label "
+                              "and word, or the path of such a CSV file.") from None
+        row, first = "pair {}", 0
     if not {"label", "word"} <= set(frame.columns):
-        raise LaminaError(f"The word list needs columns label and word, not {list(frame.columns)}.")
-    frame = frame[["label", "word"]].astype(str)
-    if frame["label"].nunique() < 2 or len(frame) < 3:
-        raise LaminaError("Give at least two categories and three words.")
+        raise LaminaError(f"The word list needs columns label and word (a CSV's first line: "
+                          f"label,word), not {list(frame.columns)}.")
+    frame = frame[["label", "word"]]
+    for i, (label, word) in enumerate(frame.itertuples(index=False)):
+        for what, value in (("label", label), ("word", word)):
+            if pd.isna(value) or not str(value).strip():
+                raise LaminaError(f"{row.format(i + first)} has an empty {what}: every entry "
+                                  "needs a label and a word.")
+    frame = frame.astype(str).apply(lambda col: col.str.strip())
+    repeated = frame["word"][frame["word"].duplicated()]
+    if len(repeated):
+        word = repeated.iloc[0]
+        where = [row.format(i + first) for i in np.flatnonzero(frame["word"] == word)]
+        raise LaminaError(f"The word {word!r} appears more than once ({', '.join(where)}): "
+                          "give each word once (a repeat would pair a word with itself).")
+    sizes = frame["label"].value_counts()
+    if len(sizes) < 2:
+        have = f"one category ({sizes.index[0]!r})" if len(sizes) else "no words"
+        raise LaminaError(f"The word list has {have}: give at least two categories, each of "
+                          "at least two words, to compare within and across categories.")
+    if (sizes < 2).any():
+        label = sizes.index[sizes < 2][0]
+        word = frame.loc[frame["label"] == label, "word"].iloc[0]
+        raise LaminaError(f"The category {label!r} has one word ({word!r}): give each "
+                          "category at least two words, so that it has a within-category "
+                          "pair.")
     return frame.reset_index(drop=True)
 
 
@@ -118,22 +159,31 @@ def word_positions(model: Model, texts: list[str], spans: list[tuple[int, int]],
             raise TokenizationError(f"No token of {texts[i]!r} covers its word.")
         if len(idx) > 1 and pooling is None:
             pieces = model.token_strings([enc["input_ids"][i][t] for t in idx])
-            raise TokenizationError(
-                f"{texts[i][lo:hi]!r} is {len(idx)} tokens {pieces}: choose single-token words "
-                "or pass pooling='last' or 'mean'.")
+            what = f"{texts[i][lo:hi]!r} is {len(idx)} tokens {pieces}: choose single-token words "
+            raise TokenizationError(what + "or pass pooling='last' or 'mean'.",
+                                    cli=what + "or pass --pooling last or --pooling mean.")
         positions.append(idx)
     return [list(x) for x in enc["input_ids"]], positions
+
+
+def check_options(template: str | None, pooling: str | None) -> None:
+    """Refuse a template without ``{word}`` and an unknown pooling."""
+    if pooling not in (None, "last", "mean"):
+        raise LaminaError(f"pooling must be None, 'last' or 'mean', not {pooling!r}.",
+                          cli=f"--pooling must be last or mean, not {pooling!r}.")
+    if template is not None and (not isinstance(template, str) or "{word}" not in template):
+        raise LaminaError(f"The template must contain '{{word}}', e.g. 'I saw the {{word}}', "
+                          f"not {template!r}.",
+                          cli=f"--template must contain '{{word}}', e.g. --template "
+                          f"'I saw the {{word}}', not {template!r}.")
 
 
 def represent(model: Model, words: Sequence[str], sites: Any, template: str | None,
               pooling: str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """site -> ``[n_words, d]``: each word's token (encoders: its own token; causal models: its
     last token), or the pooled tokens of a several-token word."""
-    if pooling not in (None, "last", "mean"):
-        raise LaminaError(f"pooling must be None, 'last' or 'mean', not {pooling!r}.")
-    if template is not None and "{word}" not in template:
-        raise LaminaError("The template must contain '{word}', e.g. 'I saw the {word}'.")
-    texts = [template.format(word=w) if template else w for w in words]
+    check_options(template, pooling)
+    texts = [template.replace("{word}", w) if template else w for w in words]
     start = len(template.split("{word}")[0]) if template else 0
     spans = [(start, start + len(w)) for w in words]
     ids, positions = word_positions(model, texts, spans, pooling)
@@ -165,9 +215,28 @@ def _baseline(model: Model, sites: list[str], template: str | None, n: int, seed
         if len(words) == n:
             break
     if len(words) < 3:
-        return dict.fromkeys(sites, float("nan"))
+        return {}
     vectors, _ = represent(model, words, sites, template, "last")
     return {site: scan(v, dtype="float64").mean for site, v in vectors.items()}
+
+
+def _best_layer(table: pd.DataFrame, column: str) -> int | None:
+    """The layer where ``column`` is largest (None when it is undefined everywhere)."""
+    values = table[column]
+    return None if values.isna().all() else int(table.loc[values.idxmax(), "layer"])
+
+
+def _notes(table: pd.DataFrame, baseline: int, base: dict[str, float], notes: list[str]
+           ) -> list[str]:
+    """Say why a figure of the summary is missing, instead of leaving a silent NaN."""
+    undefined = table.loc[table["t"].isna(), "layer"].tolist()
+    if undefined:
+        notes.append(f"t is undefined at layer(s) {undefined}: the within- or across-category "
+                     "similarities do not vary there.")
+    if baseline and not base:
+        notes.append("No random-token baseline: the vocabulary has fewer than three "
+                     "alphabetic single-token words.")
+    return notes
 
 
 def categories(model: Model | str, words: Any = None, *, template: str | None = None,
@@ -184,17 +253,25 @@ def categories(model: Model | str, words: Any = None, *, template: str | None = 
         pooling: for words of several tokens: ``"last"`` or ``"mean"`` (default: error).
         permutations: label permutations for ``p_permutation``.
         baseline: random single tokens for the random-pair baseline (0: skip).
+
+    Everything is checked before the computation: the word list (see :func:`read_words`),
+    the template, the pooling and the counts. ``summary["notes"]`` says why a figure is
+    missing (an undefined t, no baseline).
     """
-    model = load(model)
+    check_count(permutations, "permutations", 0, option="--permutations")
+    if check_count(baseline, "baseline", 0) in (1, 2):
+        raise LaminaError("baseline must be 0 (no baseline) or at least 3 random tokens.")
+    check_options(template, pooling)
     frame = read_words(words)
+    model = load(model)
     vectors, names = represent(model, list(frame["word"]), sites, template, pooling)
     labels = frame["label"].to_numpy()
     base = _baseline(model, names, template, baseline, seed) if baseline else {}
-    rows, pairs = [], []
+    rows, pairs, notes = [], [], []
     for site in names:
         x = vectors[site]
-        gs = group_stats(x, labels, permutations=permutations, seed=seed)
-        centred = group_stats(x - x.mean(0, keepdim=True), labels)
+        gs = noted_group_stats(x, labels, notes, permutations=permutations, seed=seed)
+        centred = noted_group_stats(x - x.mean(0, keepdim=True), labels, notes, "centred: ")
         s = gs.summary
         layer = layer_of(site)
         rows.append({
@@ -209,9 +286,10 @@ def categories(model: Model | str, words: Any = None, *, template: str | None = 
     table = pd.DataFrame(rows)
     return CategoriesResult(
         table, pd.concat(pairs, ignore_index=True), frame, vectors,
-        summary={"best_layer_by_t": int(table.loc[table["t"].idxmax(), "layer"]),
-                 "best_layer_by_delta": int(table.loc[table["delta"].idxmax(), "layer"]),
-                 "n_words": len(frame), "categories": sorted(set(labels))},
+        summary={"best_layer_by_t": _best_layer(table, "t"),
+                 "best_layer_by_delta": _best_layer(table, "delta"),
+                 "n_words": len(frame), "categories": sorted(set(labels)),
+                 "notes": _notes(table, baseline, base, notes)},
         meta=model.describe(template=template, pooling=pooling, permutations=permutations,
                             seed=seed, baseline_tokens=baseline, sites=names),
     )

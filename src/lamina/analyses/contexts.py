@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lamina.analyses._checks import check_count, noted_group_stats, single_token
 from lamina.corpus import text_of
 from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import group_stats, scan
+from lamina.similarity import scan
 from lamina.sites import layer_of
 
 
@@ -109,22 +110,44 @@ def _corpus_ids(model: Model, corpus: str | Path) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def occurrences(model: Model, ids: np.ndarray, targets: Sequence[str], window: int,
-                max_per_target: int | None, seed: int) -> tuple[list[np.ndarray], pd.DataFrame]:
-    """Sampled positions of each target token (each with ``window`` tokens before it)."""
+def check_targets(model: Model, targets: Sequence[str]) -> list[int]:
+    """Token id of each target word; refuses fewer than two words, a word given twice and two
+    words that are the same token (e.g. "King" and "king" for an uncased tokenizer)."""
+    if isinstance(targets, str) or len(targets) < 2:
+        raise LaminaError("Give at least two target words (a list), to compare within and "
+                          "across words.",
+                          cli="Give at least two target words (--target a --target b), to "
+                          "compare within and across words.")
+    ids = [single_token(model, word, "target", "--target") for word in targets]
+    seen: dict[int, str] = {}
+    for word, tid in zip(targets, ids, strict=True):
+        if tid in seen:
+            same = "is given twice" if seen[tid] == word else (
+                f"and {seen[tid]!r} are the same token ({tid})")
+            raise LaminaError(f"The target {word!r} {same}: give each word once.",
+                              cli=f"--target {word!r} {same}: give each word once.")
+        seen[tid] = word
+    return ids
+
+
+def occurrences(ids: np.ndarray, targets: Sequence[str], target_ids: Sequence[int],
+                window: int, max_per_target: int | None, seed: int
+                ) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Sampled positions of each target token (each with ``window`` tokens before it); a
+    target needs two usable occurrences, so that it has a within-word pair."""
     rng = np.random.default_rng(seed)
     picks, rows = [], []
-    for word in targets:
-        tid = model.single_token(word)
+    for word, tid in zip(targets, target_ids, strict=True):
         where = np.flatnonzero(ids == tid)
         usable = where[where >= window]
-        if len(usable) == 0:
+        if len(usable) < 2:
             where_ = "never occurs" if len(where) == 0 else (
-                f"only occurs within the first {window} tokens")
-            raise LaminaError(
-                f"The target {word!r} (token {tid}) {where_} in the corpus: choose another "
-                "word, check its spelling and leading space (GPT-2 style tokenizers need "
-                "' word'), or use a smaller window.")
+                f"occurs {len(where)} time(s), {len(usable)} after the first {window} tokens")
+            what = (f"The target {word!r} (token {tid}) {where_} in the corpus, and needs two "
+                    "occurrences with a full window before them: choose another word, check its "
+                    "spelling and leading space (GPT-2 style tokenizers need ' word'), ")
+            raise LaminaError(what + "use a smaller window or a longer corpus.",
+                              cli=what + "use a smaller --window or a longer --corpus.")
         chosen = np.sort(rng.choice(usable, size=min(len(usable), max_per_target or len(usable)),
                                     replace=False))
         picks.append(chosen)
@@ -141,22 +164,41 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
     """Same-word-in-context similarity per layer.
 
     Args:
-        corpus: a text file path or the text itself.
-        targets: words that are single tokens of the model's tokenizer.
-        window: tokens of context before each occurrence (the target is the last token).
-        max_per_target: cap on occurrences per word, sampled with ``seed`` (None: all).
+        corpus: the text itself (a ``str``), or a UTF-8 text file (a :class:`pathlib.Path`;
+            a ``str`` is never read as a file name, so pass ``Path("corpus.txt")``).
+        targets: two or more different words, each a single token of the model's tokenizer,
+            each occurring at least twice after the first ``window`` tokens.
+        window: tokens of context before each occurrence (the target is the last token), at
+            least 1 (with none, every occurrence of a word would be the same input).
+        max_per_target: cap on occurrences per word (at least 2), sampled with ``seed``
+            (None: all).
         bins, range: the streamed histograms of pair similarities.
         permutations: label permutations for ``p_permutation`` (0: skip).
         baseline: random corpus positions for the random-pair baseline (0: skip).
+
+    Everything is checked before the model runs. ``summary["notes"]`` says why a statistic
+    is undefined (NaN), if one is.
     """
+    check_count(window, "window", 1, option="--window", why=" (tokens of context before each "
+                "occurrence; with none, every occurrence of a word is the same input)")
+    if max_per_target is not None:
+        check_count(max_per_target, "max_per_target", 2, option="--max-per-target",
+                    why=" (each word needs two occurrences for a within-word pair)")
+    check_count(permutations, "permutations", 0, option="--permutations")
+    if check_count(baseline, "baseline", 0) == 1:
+        raise LaminaError("baseline must be 0 (no baseline) or at least 2 random positions, "
+                          "to form a pair.")
+    check_count(bins, "bins", 1)
     model = load(model)
-    if len(targets) < 2:
-        raise LaminaError("Give at least two target words, to compare within and across.")
     if model.max_length and window + 1 > model.max_length:
         raise ContextLengthError(f"window + 1 = {window + 1} tokens exceeds the model's "
-                                 f"context of {model.max_length}: use a smaller window.")
+                                 f"context of {model.max_length}: use a smaller window.",
+                                 cli=f"--window {window} plus the target is {window + 1} tokens, "
+                                 f"more than the model's context of {model.max_length}: use a "
+                                 "smaller --window.")
+    target_ids = check_targets(model, targets)
     ids = _corpus_ids(model, corpus)
-    picks, counts = occurrences(model, ids, targets, window, max_per_target, seed)
+    picks, counts = occurrences(ids, targets, target_ids, window, max_per_target, seed)
     labels = np.concatenate([np.full(len(p), w, dtype=object) for p, w in zip(
         picks, targets, strict=True)])
     positions = np.concatenate(picks)
@@ -168,12 +210,13 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
         random_pos = rng.integers(window, len(ids), size=baseline)
         base_acts = model.collect([ids[p - window : p + 1].tolist() for p in random_pos],
                                   acts.sites, positions="last", batch_size=batch_size)
-    rows, pairs, hists = [], [], {}
+    rows, pairs, hists, notes = [], [], {}, []
     edges = None
     for site in acts.sites:
         x = acts[site].flatten(1)
-        gs = group_stats(x, labels, bins=bins, range=range, permutations=permutations, seed=seed)
-        centred = group_stats(x - x.mean(0, keepdim=True), labels)
+        gs = noted_group_stats(x, labels, notes, bins=bins, range=range,
+                               permutations=permutations, seed=seed)
+        centred = noted_group_stats(x - x.mean(0, keepdim=True), labels, notes, "centred: ")
         s = gs.summary
         layer = layer_of(site)
         base = float("nan")
@@ -191,9 +234,11 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
     return ContextsResult(
         pd.DataFrame(rows), pd.concat(pairs, ignore_index=True), counts, hists,
         np.asarray(edges),
-        summary={"n_occurrences": int(len(positions)), "counts": counts.to_dict("records")},
+        summary={"n_occurrences": int(len(positions)), "counts": counts.to_dict("records"),
+                 "notes": notes},
         meta=model.describe(targets=list(targets), window=window,
                             max_per_target=max_per_target, seed=seed, bins=bins,
                             range=list(range), permutations=permutations, baseline=baseline,
-                            corpus=str(corpus) if len(str(corpus)) < 300 else "<text>"),
+                            corpus=str(corpus) if isinstance(corpus, Path)
+                            else f"<text of {len(corpus)} characters>"),
     )

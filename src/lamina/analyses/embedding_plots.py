@@ -65,10 +65,11 @@ def cosine_vs_correlation(result: Any) -> Any:
     fig, axs = plt.subplots(1, 3, figsize=(15, 4))
     axs[0].plot(a["scatter_cor"], a["scatter_cos"], "o", markersize=2, alpha=0.3,
                 color=(0.4, 0.4, 0.7))
-    lo = float(min(a["scatter_cor"].min(), a["scatter_cos"].min()))
-    axs[0].axline((lo, lo), slope=1, color="k", linestyle="--", linewidth=0.5)
+    axs[0].axline((0, 0), slope=1, color="k", linestyle="--", linewidth=0.5)
+    r = agree["pearson_r"]
     axs[0].set(xlabel="Correlation coefficient", ylabel="Cosine similarity",
-               title=f"A) {agree['n_sampled_pairs']:,} random pairs (r = {agree['pearson_r']:.3f})")
+               title=f"A) {agree['n_sampled_pairs']:,} random pairs "
+               f"({'r undefined' if r is None else f'r = {r:.3f}'})")
     for values, label in ((a["row_means"], "Arithmetic means"), (a["l1_means"], "L1 means")):
         counts, edges = np.histogram(values, bins=80)
         axs[1].plot(edges[:-1], counts, linewidth=2, label=label)

@@ -22,6 +22,7 @@ import torch
 from scipy import stats
 
 from lamina.analyses import embedding_plots as plots
+from lamina.analyses._checks import check_count, check_number, single_token
 from lamina.errors import LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
@@ -77,17 +78,45 @@ def token_subset(model: Model, tokens: Any) -> np.ndarray | None:
         elif tokens == "special":
             ids = np.array(sorted(set(model.tokenizer.all_special_ids or [])), dtype=np.int64)
         elif tokens.startswith("re:"):
-            pattern = re.compile(tokens[3:])
+            try:
+                pattern = re.compile(tokens[3:])
+            except re.error as err:
+                raise LaminaError(f"tokens={tokens!r} is not a valid regular expression: {err}.",
+                                  cli=f"--tokens {tokens!r} is not a valid regular expression: "
+                                  f"{err}.") from None
             ids = np.array([i for i, s in enumerate(strings) if pattern.search(s)], np.int64)
         else:
             raise LaminaError(f"Unknown token group {tokens!r}: use 'all', 'unused', 'special', "
-                              "'re:<regex>' or a list of token ids.")
+                              "'re:<regex>' or a list of token ids.",
+                              cli=f"Unknown --tokens {tokens!r}: use all, unused, special, "
+                              "re:<regex> or comma-separated token ids.")
     else:
-        ids = np.asarray(list(tokens), dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= model.vocab_size):
-            raise LaminaError(f"Token ids must lie in [0, {model.vocab_size}).")
+        ids = _token_ids(tokens, model.vocab_size)
     if len(ids) < 2:
-        raise LaminaError(f"The token subset {tokens!r} has {len(ids)} token(s): need 2 or more.")
+        what = f"selects {len(ids)} token(s): give a subset of 2 or more" + (
+            " (the regular expression matches too few token strings)."
+            if isinstance(tokens, str) and tokens.startswith("re:") else ".")
+        raise LaminaError(f"tokens={tokens!r} {what}", cli=f"--tokens {tokens!r} {what}")
+    return ids
+
+
+def _token_ids(tokens: Any, vocab_size: int) -> np.ndarray:
+    """A list of token ids, checked: integers, in the vocabulary, each once."""
+    try:
+        ids = np.asarray(list(tokens))
+    except TypeError:
+        raise LaminaError(f"tokens must be 'all', 'unused', 'special', 're:<regex>' or a list "
+                          f"of token ids, not {type(tokens).__name__}.") from None
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise LaminaError(f"Token ids must be integers, not {ids.dtype} values.")
+    ids = ids.astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise LaminaError(f"Token ids must lie in [0, {vocab_size}): {bad[:5].tolist()} do not.")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise LaminaError(f"Token ids repeat ({values[counts > 1][:5].tolist()}): give each "
+                          "once (a repeated row would pair a token with itself).")
     return ids
 
 
@@ -112,7 +141,12 @@ def _unique_values(W: torch.Tensor, ids: np.ndarray) -> dict[str, int]:
 
 def _sampled_pairs(W: torch.Tensor, rows: np.ndarray, n: int, seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine and correlation of ``n`` random unique pairs (for the scatter and agreement)."""
+    """Cosine and correlation of ``n`` random unique pairs (for the scatter and agreement),
+    among rows that have both (neither zero nor constant, as in the scans)."""
+    sub = W[torch.as_tensor(rows)]
+    rows = rows[((sub != sub[:, :1]).any(1)).numpy()]  # constant (incl. zero) rows: no pair
+    if len(rows) < 2:
+        return np.empty(0), np.empty(0)
     rng = np.random.default_rng(seed)
     i, j = rng.choice(rows, n), rng.choice(rows, n)
     keep = i != j
@@ -121,6 +155,23 @@ def _sampled_pairs(W: torch.Tensor, rows: np.ndarray, n: int, seed: int
     ac, bc = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
     cor = torch.nn.functional.cosine_similarity(ac, bc, dim=-1)
     return cos.numpy(), cor.numpy()
+
+
+def _agreement(sc: np.ndarray, sr: np.ndarray) -> dict[str, Any]:
+    """How closely cosine and correlation agree over the sampled pairs; a figure that is
+    undefined is None, and ``note`` says why."""
+    out: dict[str, Any] = {"pearson_r": None, "mean_abs_difference": None,
+                           "max_abs_difference": None, "n_sampled_pairs": len(sc)}
+    if len(sc) == 0:
+        out["note"] = "no two rows that are neither zero nor constant: nothing to compare"
+        return out
+    out.update(mean_abs_difference=float(np.abs(sc - sr).mean()),
+               max_abs_difference=float(np.abs(sc - sr).max()))
+    if len(sc) < 3 or np.ptp(sc) == 0 or np.ptp(sr) == 0:
+        out["note"] = "the sampled cosines or correlations do not vary: pearson_r is undefined"
+    else:
+        out["pearson_r"] = float(stats.pearsonr(sc, sr).statistic)
+    return out
 
 
 def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
@@ -140,9 +191,16 @@ def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
         n_scatter: random pairs for the cosine-vs-correlation scatter and agreement figures.
         fast: bfloat16 products with exactly re-scored top-k (see the similarity engine).
     """
+    check_count(bins, "bins", 1, option="--bins")
+    check_count(topk, "topk", 1, option="--topk")
+    check_count(n_scatter, "n_scatter", 1)
+    check_number(duplicate_threshold, "duplicate_threshold", 0, 1, low_open=True,
+                 option="--duplicate-threshold", why=" (the cosine at or above which tokens "
+                 "are duplicates)")
     model = load(model)
     W = _matrix(model, which).float().cpu()
     subset = token_subset(model, tokens)
+    probe_ids = _probe_ids(model, probe) if probe is not None else None
     rows = np.arange(len(W)) if subset is None else subset
     dtype = "bfloat16" if fast else None
     cos = scan(W, bins=bins, range=(-1, 1), topk=topk, threshold=duplicate_threshold,
@@ -166,10 +224,7 @@ def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
         "n_duplicate_groups": len(groups),
         "largest_duplicate_group": max((len(g) for g in groups), default=0),
         "duplicate_threshold": duplicate_threshold,
-        "cosine_correlation_agreement": {
-            "pearson_r": float(stats.pearsonr(sc, sr).statistic),
-            "mean_abs_difference": float(np.abs(sc - sr).mean()),
-            "max_abs_difference": float(np.abs(sc - sr).max()), "n_sampled_pairs": len(sc)},
+        "cosine_correlation_agreement": _agreement(sc, sr),
         "row_mean": {"mean": float(row_means.mean()), "std": float(row_means.std())},
         "row_l1_mean": {"mean": float(l1_means.mean()), "std": float(l1_means.std())},
         "norm": {"mean": float(norms.mean()), "std": float(norms.std()),
@@ -186,8 +241,8 @@ def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
         mask = np.zeros(model.vocab_size, bool)
         mask[unused] = True
         arrays["unused_mask"] = mask
-    if probe is not None:
-        summary["probe"] = _probe(model, W, probe, arrays)
+    if probe_ids is not None:
+        summary["probe"] = _probe(W, probe, probe_ids, arrays)
     histogram = pd.DataFrame({"bin_low": cos.edges[:-1], "bin_high": cos.edges[1:],
                               "cosine": cos.counts, "correlation": cor.counts})
     return EmbeddingsResult(
@@ -204,14 +259,17 @@ def _matrix(model: Model, which: str) -> torch.Tensor:
     if which == "input":
         return W_E
     if which != "output":
-        raise LaminaError(f"which must be 'input' or 'output', not {which!r}.")
+        raise LaminaError(f"which must be 'input' or 'output', not {which!r}.",
+                          cli=f"--which must be input or output, not {which!r}.")
     head = model.hf_model.get_output_embeddings() if hasattr(
         model.hf_model, "get_output_embeddings") else None
     if head is None:
         raise LaminaError(f"{model.name} has no unembedding matrix.")
     if head.weight.data_ptr() == W_E.data_ptr():
         raise LaminaError(f"{model.name} ties its unembedding to the input embedding: "
-                          "which='input' already covers it.")
+                          "which='input' already covers it.",
+                          cli=f"{model.name} ties its unembedding to the input embedding: "
+                          "--which input already covers it.")
     return head.weight.detach()
 
 
@@ -226,10 +284,18 @@ def _neighbours(cos: Any, strings: list[str]) -> pd.DataFrame:
     })
 
 
-def _probe(model: Model, W: torch.Tensor, words: Sequence[str], arrays: dict) -> dict:
-    if len(words) != 2:
-        raise LaminaError("probe takes exactly two words.")
-    a, b = (model.single_token(w) for w in words)
+def _probe_ids(model: Model, words: Sequence[str]) -> tuple[int, int]:
+    """Token ids of the two probe words (checked before the scan)."""
+    if isinstance(words, str) or len(words) != 2 or len(set(words)) != 2:
+        raise LaminaError(f"probe takes two different words, not {words!r}.",
+                          cli=f"--probe takes two different words, comma-separated (e.g. "
+                          f"--probe cat,dog), not {','.join(words)!r}.")
+    a, b = (single_token(model, word, "probe", "--probe") for word in words)
+    return a, b
+
+
+def _probe(W: torch.Tensor, words: Sequence[str], ids: tuple[int, int], arrays: dict) -> dict:
+    a, b = ids
     arrays["probe_a"], arrays["probe_b"] = W[a].numpy(), W[b].numpy()
     arrays["probe_words"] = np.array(list(words))
     cosine = float(torch.nn.functional.cosine_similarity(W[a].double(), W[b].double(), dim=0))

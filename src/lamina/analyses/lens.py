@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
 from lamina.plotting import token_label
-from lamina.readout import logits_from_resid
+from lamina.readout import final_norm, logits_from_resid, unembedding
 from lamina.results import Result
 
 
@@ -68,21 +69,47 @@ def _sites(model: Model, sublayers: bool) -> list[tuple[str, str]]:
     return points
 
 
+def text_ids(model: Model, text: str | list[int], *, truncate: bool = False) -> list[int]:
+    """Token ids of the one ``text`` that :func:`lens` or :func:`~lamina.analyses.pathlength`
+    reads: refuses an empty text, and a text longer than the context unless ``truncate``."""
+    if isinstance(text, str) and not text.strip():
+        raise LaminaError("The text is empty: give a text to read.",
+                          cli="The text is empty: give one with --text (or --text @file).")
+    if not isinstance(text, str) and hasattr(text, "__len__") and len(text) == 0:
+        raise LaminaError("The text is an empty list of token ids: give at least one token.")
+    try:
+        return model.to_tokens([text], truncate=truncate)[0]
+    except ContextLengthError:
+        n = len(model.tokenizer(text)["input_ids"]) if isinstance(text, str) else len(text)
+        what = (f"The text is {n} tokens, longer than the model's context of "
+                f"{model.max_length}: shorten it, or ")
+        raise ContextLengthError(what + "pass truncate=True to read its first tokens.",
+                                 cli=what + "pass --truncate to read its first tokens."
+                                 ) from None
+
+
 def lens(model: Model | str, text: str | list[int], *, sublayers: bool = False,
          truncate: bool = False) -> LensResult:
     """Logit lens of one text.
 
     Args:
-        model: a causal LM (:class:`Model` or anything :func:`lamina.load` accepts).
-        text: a string or token ids.
+        model: a causal LM (:class:`Model` or anything :func:`lamina.load` accepts); a model
+            without a final norm and unembedding (an encoder) is refused.
+        text: a string or token ids, at least two tokens.
         sublayers: also read out after each block's attention (``resid_mid``), the finer
             variant of the seed study (not available for parallel-attention blocks).
+        truncate: read the first tokens of a text longer than the context instead of raising.
     """
     model = load(model)
+    final_norm(model), unembedding(model)  # refuse a model without a read-out first
+    ids = text_ids(model, text, truncate=truncate)
+    if len(ids) < 2:
+        raise LaminaError(f"The text is one token ({model.token_strings(ids)[0]!r}): the lens "
+                          "compares each position's read-out with the next token, so give at "
+                          "least two.")
     points = _sites(model, sublayers)
-    acts = model.collect([text], [s for _, s in points], positions="all", truncate=truncate)
-    n = int(acts.lengths[0])
-    ids = acts.token_ids[0, :n].tolist()
+    acts = model.collect([ids], [s for _, s in points], positions="all")
+    n = len(ids)
     tokens = acts.token_strings[0]
     rows = []
     for layer, (label, site) in enumerate(points):
@@ -106,8 +133,7 @@ def lens(model: Model | str, text: str | list[int], *, sublayers: bool = False,
     final = table[table["layer"] == len(points) - 1]
     summary = {
         "n_tokens": n,
-        "final_layer_top1_accuracy": float(
-            (final["next_token_rank"].dropna() == 1).mean()) if n > 1 else float("nan"),
+        "final_layer_top1_accuracy": float((final["next_token_rank"].dropna() == 1).mean()),
         "mean_next_token_prob_by_layer": table.groupby("layer")["next_token_prob"].mean()
         .tolist(),
     }

@@ -76,9 +76,14 @@ def _norm_values(source: Activations | Store, name: str) -> np.ndarray:
     return t.flatten(1).norm(dim=-1).numpy()
 
 
-def norms_of(acts: Activations | Store, sites: Sequence[Site] | None = None) -> NormsResult:
+def norms_of(acts: Activations | Store, sites: Sequence[Site] | None = None, *,
+             allow_partial: bool = False) -> NormsResult:
     """Norm statistics of already captured activations (one position or all, masked), or of
-    every row of an on-disk store (read lazily, block by block)."""
+    every row of an on-disk store (read lazily, block by block).
+
+    An incomplete store (its collect stopped early) is refused unless ``allow_partial``; then
+    ``summary`` and ``meta`` say ``partial: True`` with ``n_committed`` of ``n_rows``."""
+    state = acts.require_complete(allow_partial) if isinstance(acts, Store) else {}
     layers = {s.name: s.layer for s in sites} if sites else {}
     rows = []
     for name in acts.sites:
@@ -91,9 +96,9 @@ def norms_of(acts: Activations | Store, sites: Sequence[Site] | None = None) -> 
             "min_norm": float(values.min()), "max_norm": float(values.max()),
         })
     table = pd.DataFrame(rows)
-    meta = ({"model": acts.manifest["model"], "store": str(acts.path)}
+    meta = ({"model": acts.manifest["model"], "store": str(acts.path), **state}
             if isinstance(acts, Store) else dict(acts.meta))
-    return NormsResult(table, summary=_conclusion(table), meta=meta)
+    return NormsResult(table, summary={**_conclusion(table), **state}, meta=meta)
 
 
 def _conclusion(table: pd.DataFrame) -> dict[str, Any]:
@@ -125,6 +130,7 @@ def norms(
     sites: str | Sequence[str] = ("hidden.*",),
     positions: str | int = "last",
     batch_size: int = 32,
+    truncate: bool = False,
 ) -> NormsResult:
     """Mean, std and coefficient of variation of vector norms per site.
 
@@ -133,6 +139,7 @@ def norms(
         texts: input strings (default: 64 lines of TinyShakespeare).
         sites: sites to measure (default every ``hidden.{i}``).
         positions: which tokens (``"last"``, ``"all"``, ...), as in :meth:`Model.collect`.
+        truncate: cut texts longer than the context (with a warning) instead of raising.
 
     Returns:
         :class:`NormsResult`; ``to_frame()`` has one row per site.
@@ -141,7 +148,7 @@ def norms(
     texts = list(texts) if texts is not None else sample_lines(64)
     resolved = model.resolve_sites(sites)
     acts = model.collect(texts, [s.name for s in resolved], positions=positions,
-                         batch_size=batch_size)
+                         batch_size=batch_size, truncate=truncate)
     result = norms_of(acts, resolved)
     result.meta.update({"n_texts": len(texts), "positions": positions})
     return result

@@ -7,6 +7,12 @@ causal families the last one is after the final norm), ``sites="resid_post"`` us
 input then every block output (no final norm). The correlation uses positions ``1 .. T-2``:
 the first token is skipped (as the notebook intends) and the last has no next token (the
 notebook's code left it in with a logit of 0; lamina does not).
+
+Path lengths are measured for any model. The next-token correlations need a causal LM with an
+unembedding and at least four usable positions; where they cannot be computed (an encoder such
+as BERT, a too-short text, constant values) the summary's ``correlation_note`` says why, and
+the correlation columns are empty. (:func:`~lamina.analyses.lens`, which has nothing else to
+show, refuses such a model instead.)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from lamina.analyses.lens import text_ids
 from lamina.errors import LaminaError
 from lamina.models import Model, load, versions
 from lamina.results import Result
@@ -33,7 +40,8 @@ class PathLengthResult(Result):
     """``to_frame()``: one row per model, position and layer (``model``, ``position``,
     ``token``, ``layer``, ``step_norm``, ``cumulative``, ``cos_prev``); ``summary``: one row
     per model with ``pearson_r``/``spearman_r`` (final step vs next-token logit), their 95%
-    confidence intervals and p-values, and the same against log-probability and loss."""
+    confidence intervals and p-values, the same against log-probability and loss, and
+    ``correlation_note``: why the correlations are missing, or empty when they are there."""
 
     table: pd.DataFrame
     targets: pd.DataFrame  # model, position, logit, logprob, loss
@@ -67,9 +75,10 @@ class PathLengthResult(Result):
                 used = self._final_steps(name)
                 axs[1, k].plot(used["logit"], used["step_norm"], "ko", markersize=6,
                                markerfacecolor=(0.9, 0.7, 0.7), alpha=0.6)
-                axs[1, k].set(title=f"{name} (r = {row['pearson_r']:.2f}, "
-                              f"ρ = {row['spearman_r']:.2f})",
-                              xlabel="Next-token logit", ylabel="Path length at final layer")
+                r, rho = row["pearson_r"], row["spearman_r"]
+                label = "no correlation" if np.isnan(r) else f"r = {r:.2f}, ρ = {rho:.2f}"
+                axs[1, k].set(title=f"{name} ({label})", xlabel="Next-token logit",
+                              ylabel="Path length at final layer")
         fig.tight_layout()
         return fig
 
@@ -79,14 +88,26 @@ class PathLengthResult(Result):
         tg = self.targets[(self.targets["model"] == name) & self.targets["used"]]
         return tg.merge(last, on="position")
 
+    def notes(self) -> list[str]:
+        """One line per model whose next-token correlations are missing, saying why."""
+        if "correlation_note" not in self.summary:
+            return []
+        return [f"{row.model}: {row.correlation_note}" for row in self.summary.itertuples()
+                if isinstance(row.correlation_note, str) and row.correlation_note]
 
-def _correlate(x: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
+
+def _correlate(x: np.ndarray, y: np.ndarray, prefix: str) -> tuple[dict[str, float], str]:
     """Pearson (exact CI from scipy) and Spearman (Fisher-z CI with the Fieller et al.
-    standard error 1.06/sqrt(n-3)) correlations of x with y."""
+    standard error 1.06/sqrt(n-3)) correlations of x with y, or NaNs and the reason why they
+    are undefined."""
     n = len(x)
     out = {f"pearson_r{prefix}": np.nan, f"spearman_r{prefix}": np.nan}
-    if n < 4 or np.std(x) == 0 or np.std(y) == 0:
-        return out
+    if n < 4:
+        return out, f"{n} usable position(s): a correlation with a confidence interval needs 4"
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        which = "final-layer path lengths" if np.ptp(x) == 0 else (
+            f"next-token {prefix[1:] or 'logit'} values")
+        return out, f"the {which} are all equal: a correlation is undefined"
     p = stats.pearsonr(x, y)
     ci = p.confidence_interval(0.95)
     s = stats.spearmanr(x, y)
@@ -99,23 +120,35 @@ def _correlate(x: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
         f"spearman_ci_low{prefix}": math.tanh(z - half),
         f"spearman_ci_high{prefix}": math.tanh(z + half), f"spearman_p{prefix}": float(s.pvalue),
     })
-    return out
+    return out, ""
 
 
 def _points(model: Model, sites: str) -> list[str]:
     if sites == "hidden":
         return [f"hidden.{i}" for i in range(model.n_layers + 1)]
-    if sites == "resid_post":
-        return ["blocks.0.hook_resid_pre"] + [
-            f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]
-    raise LaminaError(f"sites must be 'hidden' or 'resid_post', not {sites!r}.")
+    return ["blocks.0.hook_resid_pre"] + [  # "resid_post", checked by pathlength()
+        f"blocks.{L}.hook_resid_post" for L in range(model.n_layers)]
+
+
+def _no_correlation(model: Model, n: int) -> str:
+    """Why the next-token correlations cannot be computed for ``model`` ("" if they can)."""
+    if not model.is_causal:
+        return ("path lengths only: the next-token correlations need a causal LM, and this "
+                f"model is not one ({model.family or type(model.hf_model).__name__})")
+    if getattr(model.hf_model, "get_output_embeddings", lambda: None)() is None:
+        return (f"path lengths only: {type(model.hf_model).__name__} has no unembedding; load "
+                "the model with its language-modelling head for the next-token correlations")
+    if n < 3:
+        return f"path lengths only: the text is {n} token(s), too short for next-token pairs"
+    return ""
 
 
 def _one(name: str, model: Model, text: str | list[int], sites: str, truncate: bool
          ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     points = _points(model, sites)
-    acts = model.collect([text], points, positions="all", truncate=truncate)
-    n = int(acts.lengths[0])
+    ids = text_ids(model, text, truncate=truncate)
+    acts = model.collect([ids], points, positions="all")
+    n = len(ids)
     h = torch.stack([acts[s][0, :n] for s in points]).double()  # [layers, T, d]
     steps = torch.zeros(h.shape[:2], dtype=torch.float64)
     steps[1:] = (h[1:] - h[:-1]).norm(dim=-1)
@@ -133,15 +166,14 @@ def _one(name: str, model: Model, text: str | list[int], sites: str, truncate: b
         "step_norm": step_out.numpy().ravel(), "cumulative": cumulative.numpy().ravel(),
         "cos_prev": cos.numpy().ravel(),
     })
+    note = _no_correlation(model, n)
     row: dict[str, Any] = {"model": name, "n_tokens": n, "sites": sites}
     targets = pd.DataFrame()
-    has_head = model.is_causal and getattr(model.hf_model, "get_output_embeddings",
-                                           lambda: None)() is not None
-    if has_head and n >= 3:
-        ids = acts.token_ids[:, :n].to(model.device)
+    if not note:
         with torch.inference_mode():
-            logits = model.hf_model(input_ids=ids).logits[0].double().cpu()  # [T, vocab]
-        nxt = acts.token_ids[0, 1:n]
+            logits = model.hf_model(input_ids=torch.tensor([ids], device=model.device)
+                                    ).logits[0].double().cpu()  # [T, vocab]
+        nxt = torch.tensor(ids[1:])
         logit = logits[:-1].gather(1, nxt[:, None]).squeeze(1)
         logprob = torch.log_softmax(logits[:-1], -1).gather(1, nxt[:, None]).squeeze(1)
         targets = pd.DataFrame({"model": name, "position": np.arange(n - 1),
@@ -150,10 +182,15 @@ def _one(name: str, model: Model, text: str | list[int], sites: str, truncate: b
         used = targets[targets["used"]]
         final = steps[-1, 1 : n - 1].numpy()
         row["n_pairs"] = len(used)
+        reasons = []
         for target in TARGETS:
-            row.update(_correlate(final, used[target].to_numpy(),
-                                  "" if target == "logit" else f"_{target}"))
+            values, reason = _correlate(final, used[target].to_numpy(),
+                                        "" if target == "logit" else f"_{target}")
+            row.update(values)
+            reasons += [reason] if reason and reason not in reasons else []
         row["mean_loss"] = float(used["loss"].mean())
+        note = "; ".join(reasons)
+    row["correlation_note"] = note
     return table, targets, row
 
 
@@ -165,13 +202,27 @@ def pathlength(models: Model | str | Mapping[str, Model | str], text: str | list
         models: a model, or a dict display name -> model (anything :func:`lamina.load` takes).
         text: a string (tokenized by each model's tokenizer) or token ids.
         sites: ``"hidden"`` (Hugging Face hidden states) or ``"resid_post"`` (no final norm).
+        truncate: read the first tokens of a text longer than a model's context instead of
+            raising.
+
+    Returns:
+        :class:`PathLengthResult`; for a model whose next-token correlations cannot be
+        computed (an encoder, a text under three tokens) the summary row's
+        ``correlation_note`` says why (see :meth:`PathLengthResult.notes`).
     """
-    if not isinstance(models, Mapping):
+    if sites not in ("hidden", "resid_post"):
+        raise LaminaError(f"sites must be 'hidden' or 'resid_post', not {sites!r}.",
+                          cli=f"--sites must be hidden or resid_post, not {sites!r}.")
+    if isinstance(models, Mapping):
+        if not models:
+            raise LaminaError("No models were given: pass a model or a dict name -> model.")
+        loaded = {name: load(spec) for name, spec in models.items()}
+    else:
         m = load(models)
-        models = {m.name: m}
+        loaded = {m.name: m}
     tables, targets, rows = [], [], []
-    for name, spec in models.items():
-        t, tg, row = _one(name, load(spec), text, sites, truncate)
+    for name, model in loaded.items():
+        t, tg, row = _one(name, model, text, sites, truncate)
         tables.append(t)
         targets.append(tg)
         rows.append(row)
@@ -179,6 +230,6 @@ def pathlength(models: Model | str | Mapping[str, Model | str], text: str | list
         pd.concat(tables, ignore_index=True),
         pd.concat(targets, ignore_index=True),
         summary=pd.DataFrame(rows),
-        meta={"models": {k: load(v).describe() for k, v in models.items()}, "sites": sites,
+        meta={"models": {k: m.describe() for k, m in loaded.items()}, "sites": sites,
               "text": text if isinstance(text, str) else None, "versions": versions()},
     )

@@ -75,7 +75,8 @@ def _next_summary(counts: sp.csr_matrix | None, row: int, itos: dict[int, str]) 
 
 def similar_strings(model: Model | str, store: Store, queries: Sequence[str] | str, *,
                     site: str | Sequence[str], k: int = 10, threshold: float | None = None,
-                    metric: str = "cosine") -> SimilarStringsResult:
+                    metric: str = "cosine", allow_partial: bool = False
+                    ) -> SimilarStringsResult:
     """The stored strings whose activation is most similar to each query's.
 
     Args:
@@ -86,7 +87,10 @@ def similar_strings(model: Model | str, store: Store, queries: Sequence[str] | s
         k: matches per query (ignored when ``threshold`` is given).
         threshold: keep every match at or above it (cosine) or at or below it (euclidean).
         metric: ``"cosine"`` or ``"euclidean"``.
+        allow_partial: search the committed rows of an incomplete store (else an error);
+            ``meta`` says ``partial`` with ``n_committed`` of ``n_rows``.
     """
+    state = store.require_complete(allow_partial)
     model = load(model)
     store.check_model(model)
     queries = [queries] if isinstance(queries, str) else list(queries)
@@ -122,4 +126,4 @@ def similar_strings(model: Model | str, store: Store, queries: Sequence[str] | s
     table.insert(3, "string", [strings[j] for j in table["row"]])
     table["next"] = [_next_summary(counts, j, itos) for j in table["row"]]
     return SimilarStringsResult(table, meta=model.describe(
-        sites=sites, k=k, threshold=threshold, metric=metric, store=str(store.path)))
+        sites=sites, k=k, threshold=threshold, metric=metric, store=str(store.path), **state))

@@ -16,17 +16,27 @@ True
 
 How it works and what "exact" means:
 
-- Rows are prepared once (cosine: unit vectors; correlation: centred unit vectors; zero or
-  constant rows are excluded and counted, never NaN) and streamed in row blocks; self-
-  similarity computes only the upper triangle of block pairs, diagonal blocks first.
-- Pair values are float32 by default (``dtype="float64"`` for float64); cosine and
-  correlation are clamped to [-1, 1]. :func:`matrix` uses the same kernel, so its entries are
-  the values :func:`scan` counts.
+- Rows are prepared once (cosine: unit vectors; correlation: centred unit vectors) and
+  streamed in row blocks; self-similarity computes only the upper triangle of block pairs,
+  diagonal blocks first. Each row is divided by its largest absolute entry before its norm is
+  taken, so rows of any magnitude (1e-30 or 1e30) are normalised exactly; only rows that are
+  exactly zero (cosine) or constant (correlation) are excluded, counted (``n_zero``) and
+  listed, never NaN.
+- Pair values are float32 by default (``dtype="float64"`` for float64; top-k and pair values
+  are reported in that dtype); cosine and correlation are clamped to [-1, 1]. Dot and
+  euclidean values are bounded by the largest row norms: when that bound does not fit the
+  dtype (overflow, or every value below its smallest normal number) the scan stops before the
+  pass with an error saying to rescale, use cosine or float64. :func:`matrix` uses the same
+  kernel, so its entries are the values :func:`scan` counts.
+- Bad input (NaN or infinite entries, named by row as the rows stream; NaN thresholds, empty
+  or non-finite ranges, wrong shapes or dtypes) raises :class:`SimilarityInputError`, a
+  :class:`lamina.errors.LaminaError`, before the work.
 - Histogram counts are identical to ``numpy.histogram`` of those values (numpy's edges and
   rules, last bin closed): a vectorised affine binning, with every value within a rounding
   bound of an edge re-binned exactly in float64. Quantiles are read from the histogram
   (linear inside a bin: error below one bin width).
-- Moments: count, mean and std (ddof=0) are float64 sums of the values; min and max exact.
+- Moments: count, mean and std (ddof=0) are float64 sums of the values (each value widened
+  to float64 before it is added); min and max exact.
 - Top-k per row is exact up to ties (see ``_topk``). Euclidean distances use
   sqrt(|a|^2 + |b|^2 - 2 a.b) for the histogram (like ``torch.cdist``); euclidean top-k and
   thresholded pairs are re-scored from the differences.
@@ -42,15 +52,19 @@ How it works and what "exact" means:
   memory, at most 1 GiB on CPU).
 - :func:`group_stats` computes in float64 from per-group sums and Gram matrices,
   O(N d^2), in the same pass that prepares the rows; label permutations cost O(N d) each.
+  Statistics that are undefined for the labels given (one label: no across-group pairs;
+  singleton groups: no within-group pairs; a single pair: no variance) are NaN, and the
+  result's ``notes`` say which and why (also issued as :class:`UndefinedStatisticWarning`).
 """
 
 from __future__ import annotations
 
-from lamina.similarity._blocks import METRICS
+from lamina.similarity._args import METRICS
 from lamina.similarity._errors import (
     MemoryLimitError,
     SimilarityInputError,
     TooManyPairsError,
+    UndefinedStatisticWarning,
 )
 from lamina.similarity._result import ScanResult
 from lamina.similarity.dense import matrix
@@ -67,6 +81,7 @@ __all__ = [
     "ScanResult",
     "SimilarityInputError",
     "TooManyPairsError",
+    "UndefinedStatisticWarning",
     "duplicate_groups",
     "group_stats",
     "matrix",

@@ -16,10 +16,12 @@ PAIR_BYTES = 20  # two int64 ids and one float32 value
 class Moments:
     """Count, sum, centred sum of squares, min and max of streamed values.
 
-    Sums of each row of a block are taken in the value dtype and added in float64. Squares are
-    summed about a shift ``K`` (an estimate of the mean when it is large against the spread;
-    by default the first block's), so the variance does not suffer cancellation when all
-    values sit far from zero."""
+    Every value is widened to float64 and summed in float64 (in chunks of ``CHUNK`` values,
+    so the widened copy stays small). Squares are summed about a shift ``K`` (an estimate of
+    the mean when it is large against the spread; by default the first block's), so the
+    variance does not suffer cancellation when all values sit far from zero."""
+
+    CHUNK = 1 << 22  # values per float64 copy (32 MiB)
 
     def __init__(self, shift: float | None = None) -> None:
         self.count = 0
@@ -41,19 +43,20 @@ class Moments:
             self.shift = mean if abs(mean) > 4 * sd else 0.0
         self.count += n
         rows = v if v.dim() == 2 else v.view(1, -1)
-        if self.shift:
-            if self._buf is None or self._buf.numel() < n:
-                self._buf = torch.empty(n, dtype=v.dtype, device=v.device)
-            w = torch.sub(rows, self.shift, out=self._buf[:n].view(rows.shape))
-        else:
-            w = rows
-        if rows.shape[0] > 1:  # per-row sums in the value dtype are accurate; add in float64
-            self.total += float(rows.sum(1).sum(dtype=torch.float64))
-            sq = torch.linalg.vector_norm(w, dim=1).square().sum(dtype=torch.float64)
-        else:  # one long row: let the reductions accumulate in float64
-            self.total += float(rows.sum(dtype=torch.float64))
-            sq = w.square().sum(dtype=torch.float64)
-        self.sq += float(sq)
+        size = min(n, self.CHUNK)
+        if self._buf is None or self._buf.numel() < size:
+            self._buf = torch.empty(size, dtype=torch.float64, device=v.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=v.device)  # one sync per call
+        for piece in _pieces(rows, self.CHUNK):
+            w = self._buf[: piece.numel()]
+            w.view(piece.shape).copy_(piece)  # widened to float64
+            sums[0] += w.sum()
+            if self.shift:
+                w.sub_(self.shift)
+            sums[1] += torch.dot(w, w)
+        total, sq = sums.tolist()
+        self.total += total
+        self.sq += sq
         self.vmin = min(self.vmin, float(rows.amin(1).min()))
         self.vmax = max(self.vmax, float(rows.amax(1).max()))
 
@@ -139,6 +142,17 @@ def merge_pairs(parts: list[PairCollector]) -> tuple[torch.Tensor, torch.Tensor,
     j = [t for p in parts for t in p.j]
     v = [t for p in parts for t in p.v]
     return torch.cat(i), torch.cat(j), torch.cat(v)
+
+
+def _pieces(rows: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """``rows`` (R, C) cut into 2-D pieces of at most ``chunk`` values (rows cut too when one
+    row is longer)."""
+    n_rows, width = rows.shape
+    if width > chunk:
+        return [rows[r : r + 1, c : c + chunk] for r in range(n_rows)
+                for c in range(0, width, chunk)]
+    step = max(1, chunk // width)
+    return [rows[r : r + step] for r in range(0, n_rows, step)]
 
 
 def default_max_pairs(budget: int) -> int:

@@ -1,10 +1,10 @@
 """Input handling: row sources (tensor, array or lazily read array-like), row subsets, metric
-preparation (normalise / centre, drop zero vectors), devices, precisions and memory budgets."""
+preparation (normalise / centre, drop zero vectors) and the range check of dot and euclidean
+values."""
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,96 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.similarity._args import BOUNDED, Precision
 from lamina.similarity._errors import SimilarityInputError
-
-METRICS = ("cosine", "correlation", "dot", "euclidean")
-#: metrics whose values lie in [-1, 1]; their values are clamped to that interval
-BOUNDED = ("cosine", "correlation")
-_FAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-_GiB = 1 << 30
-
-
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise SimilarityInputError(
-            f"unknown metric {metric!r}; valid choices are {', '.join(map(repr, METRICS))}."
-        )
-    return metric
-
-
-# --------------------------------------------------------------------------- devices, budgets
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@dataclass(frozen=True)
-class Precision:
-    """``value``: dtype of pair values and statistics; ``matmul``: dtype of the matrix
-    products (lower in fast mode, where candidates are re-scored in ``value``)."""
-
-    value: torch.dtype = torch.float32
-    matmul: torch.dtype = torch.float32
-
-    @property
-    def fast(self) -> bool:
-        return self.matmul != self.value
-
-
-def resolve_precision(dtype: Any = None, fast: bool = False) -> Precision:
-    """``None``/"float32": exact float32; "float64"; "bfloat16"/"float16" (or ``fast=True``):
-    fast mode, low-precision products with float32 re-scoring."""
-    if dtype is None:
-        return Precision(torch.float32, torch.bfloat16 if fast else torch.float32)
-    name = str(dtype).replace("torch.", "")
-    if name in _FAST:
-        return Precision(torch.float32, _FAST[name])
-    if name in ("float32", "float64"):
-        value = getattr(torch, name)
-        return Precision(value, torch.bfloat16 if fast else value)
-    raise SimilarityInputError(
-        f"unknown dtype {dtype!r}; valid choices are None, 'float32', 'float64', 'bfloat16' and "
-        "'float16' (the last two select fast mode)."
-    )
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes currently free on ``device`` (CUDA: ``mem_get_info``; CPU: /proc/meminfo)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * _GiB
-
-
-def memory_budget(device: torch.device, memory: int | None) -> int:
-    """Working-memory budget in bytes: ``memory`` or a quarter of what is free (at most 1 GiB on
-    CPU, 8 GiB on CUDA)."""
-    if memory is not None:
-        if memory <= 0:
-            raise SimilarityInputError(f"memory must be a positive number of bytes, got {memory}.")
-        return int(memory)
-    cap = 8 * _GiB if device.type == "cuda" else _GiB
-    return max(64 << 20, min(available_memory(device) // 4, cap))
-
-
-def block_size(device: torch.device, budget: int, block: int | None) -> int:
-    """Rows per block: about 16 bytes per element of a block of pair values fit the budget;
-    at most 2048 on CPU (fastest there), 8192 on CUDA; a multiple of 64."""
-    if block is not None:
-        if block < 1:
-            raise SimilarityInputError(f"block_size must be positive, got {block}.")
-        return int(block)
-    cap = 8192 if device.type == "cuda" else 2048
-    b = min(cap, int(math.sqrt(budget / 16)))
-    return max(64, b - b % 64)
 
 
 # --------------------------------------------------------------------------- row sources
@@ -111,10 +23,13 @@ class RowSource:
 
     def __init__(self, x: Any, name: str = "x") -> None:
         self.name = name
+        if x is None:
+            raise SimilarityInputError(f"{name} is None; pass a 2-D array of numbers (N, d).")
         if isinstance(x, (torch.Tensor, np.ndarray)):
             self.kind = "tensor" if isinstance(x, torch.Tensor) else "numpy"
+            _check_dtype(x.dtype, name)
         elif hasattr(x, "shape") and hasattr(x, "__getitem__"):
-            self.kind = "lazy"
+            self.kind = "lazy"  # its blocks' dtypes are checked as they are read
         else:
             try:
                 x = np.asarray(x, dtype=np.float64)
@@ -124,7 +39,12 @@ class RowSource:
                 ) from None
             self.kind = "numpy"
         self.x = x
-        shape = tuple(int(s) for s in x.shape)
+        try:
+            shape = tuple(int(s) for s in x.shape)
+        except (TypeError, ValueError):
+            raise SimilarityInputError(
+                f"{name} must be a 2-D array of numbers (N, d); its shape is {x.shape!r}."
+            ) from None
         if len(shape) != 2:
             raise SimilarityInputError(f"{name} must be 2-D (N, d), got shape {shape}.")
         if shape[0] == 0 or shape[1] == 0:
@@ -137,7 +57,11 @@ class RowSource:
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` as a tensor (on the source's device)."""
         block = self.x[start:stop]
-        return block if isinstance(block, torch.Tensor) else _to_tensor(block, self.name)
+        if isinstance(block, torch.Tensor):
+            if self.kind == "lazy":
+                _check_dtype(block.dtype, self.name)
+            return block
+        return _to_tensor(block, self.name)
 
     def take(self, ids: np.ndarray, max_span: int = 4096) -> torch.Tensor:
         """Rows ``ids`` (ascending, unique). Lazy sources are read in spans of nearby rows."""
@@ -156,12 +80,23 @@ class RowSource:
         return torch.cat(parts)
 
 
+def _check_dtype(dtype: Any, name: str) -> None:
+    """Real numbers only: complex values would lose their imaginary part, strings and objects
+    are no vectors."""
+    if isinstance(dtype, torch.dtype):
+        ok = not (dtype.is_complex or dtype in (torch.quint8, torch.qint8, torch.qint32))
+        kind = str(dtype).replace("torch.", "")
+    else:
+        ok = np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer) or (
+            np.issubdtype(dtype, np.floating))
+        kind = str(dtype)
+    if not ok:
+        raise SimilarityInputError(f"{name} must hold real numbers, got dtype {kind}.")
+
+
 def _to_tensor(block: Any, name: str) -> torch.Tensor:
     arr = np.asarray(block)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise SimilarityInputError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
-    if np.iscomplexobj(arr):
-        raise SimilarityInputError(f"{name} must hold real numbers, got complex values.")
+    _check_dtype(arr.dtype, name)
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr))
@@ -200,10 +135,14 @@ def select_rows(
 def prep_rows(
     raw: torch.Tensor, metric: str, value: torch.dtype, ids: np.ndarray | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """Prepare raw rows (n, d) for ``metric`` in ``value`` (norms and centring in float64).
-    Returns ``(u, keep, sqnorm)``: prepared rows (n, d), a mask of usable rows (n,), and for
-    dot and euclidean the squared norms (n,) (else an empty tensor). ``ids`` name the rows in
-    errors."""
+    """Prepare raw rows (n, d) for ``metric`` in ``value``. Returns ``(u, keep, sq)``: prepared
+    rows (n, d), a mask of usable rows (n,), and for dot and euclidean the squared norms (n,)
+    in float64 (else an empty tensor). ``ids`` name the rows in errors.
+
+    Cosine and correlation divide each row by its largest absolute entry before taking its
+    norm, so rows of any magnitude (1e-30 or 1e30) are normalised without underflow or
+    overflow; only rows that are exactly zero (cosine) or constant (correlation) are not
+    usable. Correlation centres in float64."""
     x = raw if raw.dtype in (torch.float32, torch.float64) else raw.to(value)
     # one cheap reduction; only if it is not finite look for the culprit
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
@@ -212,28 +151,24 @@ def prep_rows(
             f"row {bad if ids is None else int(ids[bad])} contains NaN or infinite values; drop "
             "or fill such rows (or pass subset=) before computing similarities."
         )
-    empty = x.new_empty(0, dtype=value)
     if metric in ("dot", "euclidean"):
         sq = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
         keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        return x.to(value), keep, sq.to(value)
+        return x.to(value), keep, sq
+    wide = metric == "correlation" or value == torch.float64 or x.dtype == torch.float64
+    x = x.to(torch.float64 if wide else torch.float32)
+    peak = torch.linalg.vector_norm(x, ord=math.inf, dim=1)  # largest |entry| of each row
+    keep = peak > 0
+    y = x / torch.where(keep, peak, 1.0)[:, None]  # entries in [-1, 1], one of them +-1
     if metric == "correlation":
-        x = x.to(torch.float64)
-        scale = torch.linalg.vector_norm(x, dim=1)
-        x = x - x.mean(1, keepdim=True)
-        norm = torch.linalg.vector_norm(x, dim=1)
+        scale = torch.linalg.vector_norm(y, dim=1)
+        y -= y.mean(1, keepdim=True)
+        norm = torch.linalg.vector_norm(y, dim=1)
         keep = norm > 1e-12 * scale  # constant rows have no correlation
     else:
-        wide = value == torch.float64 or x.dtype == torch.float64
-        norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64 if wide else None)
-        if not wide and not bool(torch.isfinite(norm).all()):
-            norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)  # huge values
-        keep = norm > 0
-    safe = torch.where(keep, norm, 1.0)
-    if value == torch.float64 or x.dtype == torch.float64 or not bool(
-            torch.isfinite(safe.to(value)).all()):
-        return (x.to(torch.float64) / safe.to(torch.float64)[:, None]).to(value), keep, empty
-    return x.to(value) / safe.to(value)[:, None], keep, empty
+        norm = torch.linalg.vector_norm(y, dim=1)  # >= 1 for rows that are not zero
+    y /= torch.where(keep, norm, 1.0)[:, None]
+    return y.to(value), keep, x.new_empty(0, dtype=value)
 
 
 @dataclass
@@ -242,7 +177,8 @@ class Prepared:
 
     ``rows``: original row ids (ascending) of usable rows; ``zero_rows``: ids dropped as zero
     (cosine) or constant (correlation) vectors; ``data``: prepared rows (n, d) on the device
-    when cached (else re-read per block); ``sqnorm``: squared norms (dot, euclidean)."""
+    when cached (else re-read per block); ``sqnorm``: squared norms (dot, euclidean) and
+    ``max_sq`` the largest of them, in float64."""
 
     source: RowSource
     metric: str
@@ -253,6 +189,7 @@ class Prepared:
     data: torch.Tensor | None
     data_mm: torch.Tensor | None
     sqnorm: torch.Tensor
+    max_sq: float = 1.0
 
     @property
     def n(self) -> int:
@@ -265,9 +202,7 @@ class Prepared:
     @property
     def max_norm(self) -> float:
         """Largest row norm (1 for cosine and correlation)."""
-        if self.metric in ("cosine", "correlation") or self.sqnorm.numel() == 0:
-            return 1.0
-        return float(self.sqnorm.max().to(torch.float64).sqrt())
+        return 1.0 if self.metric in BOUNDED else math.sqrt(self.max_sq)
 
     def _load(self, ids: np.ndarray) -> torch.Tensor:
         if len(ids) and ids[-1] - ids[0] == len(ids) - 1:
@@ -317,6 +252,7 @@ def prepare(
     cache = len(ids) * d * item <= budget // 2
     chunk = max(64, min(chunk, budget // max(1, 32 * d)))
     keeps, sqs = [], []
+    max_sq = 0.0
     data = data_mm = None
     if cache:  # filled in place; rows of zero vectors are dropped at the end
         data = torch.empty(len(ids), d, dtype=precision.value, device=device)
@@ -333,7 +269,8 @@ def prepare(
         if visit is not None:
             visit(u if bool(keeps[-1].all()) else u[keep], sel[keeps[-1]])
         if metric in ("dot", "euclidean"):
-            sqs.append(sq[keep])
+            max_sq = max(max_sq, float(sq.max()))
+            sqs.append(sq.to(precision.value))
         if cache:
             data[s : s + len(sel)] = u
             if data_mm is not None:
@@ -345,10 +282,44 @@ def prepare(
         keep_t = torch.as_tensor(keep_all, device=device)
         data = data[keep_t]
         data_mm = None if data_mm is None else data_mm[keep_t]
-    return Prepared(source, metric, precision, device, rows, zero_rows, data, data_mm, sqnorm)
+    return Prepared(source, metric, precision, device, rows, zero_rows, data, data_mm, sqnorm,
+                    1.0 if metric in BOUNDED else max_sq)
 
 
-def check_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SimilarityInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+def check_value_range(px: Prepared, py: Prepared | None) -> None:
+    """Dot products (and, for euclidean, squared distances) must fit the dtypes of the values
+    and of the products: bounded by the largest row norms, they are checked before any block
+    is computed, so no value overflows to inf (a NaN mean, infinite extremes) or underflows to
+    zero without a word."""
+    if px.metric in BOUNDED:
+        return
+    other = px if py is None else py
+    a, b = math.sqrt(px.max_sq), math.sqrt(other.max_sq)
+    dot = px.metric == "dot"
+    peak = a * b if dot else (a + b) ** 2
+    what = "dot products" if dot else "squared distances"
+    largest = max(a, b)
+    norms = f"norms up to {largest:.3g}" if math.isfinite(largest) else "norms beyond float64"
+    rescale = "rescale the rows" + (f" (e.g. divide them by their largest norm, {largest:.3g})"
+                                    if math.isfinite(largest) else "")
+    for dtype in dict.fromkeys((px.precision.value, px.precision.matmul)):
+        info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
+        if dtype == torch.float16:
+            remedy = f"{rescale}, or pass dtype='bfloat16' or None"
+        elif dtype != torch.float64:
+            remedy = f"{rescale}, use metric='cosine', or pass dtype='float64'"
+        else:
+            remedy = f"{rescale} or use metric='cosine'"
+        if not peak <= info.max / 4:
+            raise SimilarityInputError(
+                f"{px.metric} values would overflow: rows have {norms}, so {what} reach "
+                f"{peak:.3g}, beyond {name}'s range ({info.max:.3g}); {remedy}."
+            )
+        if 0 < peak < info.tiny:
+            raise SimilarityInputError(
+                f"{px.metric} values would underflow: rows have {norms}, so {what} stay "
+                f"below {peak:.3g}, under {name}'s smallest "
+                f"normal number ({info.tiny:.3g}), and would lose their precision or be 0; "
+                f"{remedy}."
+            )
+

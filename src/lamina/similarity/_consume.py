@@ -59,7 +59,8 @@ class ScanConsumer:
         self.pairs = None if plan.guard is None else PairCollector(plan.guard, plan.candidate)
         self.topk = None
         if plan.k is not None:
-            self.topk = TopK(plan.n_rows, plan.k, plan.device, bound=plan.bound)
+            self.topk = TopK(plan.n_rows, plan.k, plan.device, bound=plan.bound,
+                             dtype=plan.value)
         self.masks: dict = {}
         self.cpu = CpuEpilogue(self) if plan.cpu_kernels else None
 

@@ -1,9 +1,9 @@
 """Compiled CPU kernels (numba): the epilogue of a scan, one pass per block row, and the
 ``jit`` decorator that :mod:`sums` and :mod:`_rescore` use too.
 
-While a row of block values sits in the L1 cache, one vectorised loop takes its moments (sum,
-sum of squares about the shift, min and max through order-preserving integer keys of the
-float bits), a second its histogram positions, a third counts the bins; then the row is
+While a row of block values sits in the L1 cache, one vectorised loop takes its moments (sum
+and sum of squares about the shift in float64, min and max through order-preserving integer
+keys of the float bits), a second its histogram positions, a third counts the bins; then the row is
 compared, chunk by chunk, with its own top-k bound and (upper-triangle scans) with the bounds
 of the lists of its columns, and only chunks holding an entry above a bound are visited
 entry by entry. The lists are min-heaps. The torch passes of :mod:`_hist`, :mod:`_accum` and
@@ -54,13 +54,14 @@ def _clip(v, lo, hi):
 
 @jit(fastmath=_FM)
 def _row_moments(r, bits, lo, hi, shift, ext):
-    """Sum and shifted sum of squares of ``r`` (clipped); min/max keys into ``ext``. (Loops
-    start at 0 throughout: with a variable start LLVM does not vectorise them.)"""
-    total = np.float32(0.0)
-    sq = np.float32(0.0)
+    """Sum and sum of squares about ``shift`` of ``r`` (clipped), in float64; min/max keys
+    into ``ext``. (Loops start at 0 throughout: with a variable start LLVM does not vectorise
+    them.)"""
+    total = 0.0
+    sq = 0.0
     kmin, kmax = _I32_MAX, _I32_MIN
     for j in range(r.shape[0]):
-        v = _clip(r[j], lo, hi)
+        v = np.float64(_clip(r[j], lo, hi))
         total += v
         w = v - shift
         sq += w * w
@@ -215,7 +216,7 @@ class CpuEpilogue:
         self.consumer = consumer
         inf = np.float32(np.inf)
         self.lo, self.hi = (np.float32(-1), np.float32(1)) if plan.bounded else (-inf, inf)
-        self.shift = np.float32(plan.shift or 0.0)
+        self.shift = np.float64(plan.shift or 0.0)
         self.mom = np.zeros(3)
         self.ext = np.array([_I32_MAX, _I32_MIN], dtype=np.int32)
         self.fixed = 0

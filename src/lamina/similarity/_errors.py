@@ -15,3 +15,8 @@ class TooManyPairsError(LaminaError):
 
 class MemoryLimitError(LaminaError):
     """A dense result (the full matrix) would not fit the memory limit."""
+
+
+class UndefinedStatisticWarning(RuntimeWarning):
+    """A statistic is undefined for these data (e.g. no across-group pairs when every row has
+    the same label) and is reported as NaN; the result's ``notes`` say which and why."""

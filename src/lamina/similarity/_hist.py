@@ -17,25 +17,58 @@ import torch
 from lamina.similarity._errors import SimilarityInputError
 
 
-def make_edges(bins: Any, range: tuple[float, float] | None, dtype: torch.dtype) -> np.ndarray:
-    """numpy's bin edges for ``bins`` (an int with ``range``, or an increasing edge array)."""
+def make_edges(bins: Any, range: Any, dtype: torch.dtype) -> np.ndarray:
+    """numpy's bin edges for ``bins`` (an int with ``range``, or an increasing edge array);
+    edges must be finite and increase strictly in ``dtype``, the dtype of the values."""
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    name = np.dtype(np_dtype).name
     if isinstance(bins, numbers.Integral) and not isinstance(bins, bool):
         if bins < 1:
             raise SimilarityInputError(f"bins must be a positive integer, got {bins}.")
-        if range is None or len(range) != 2:
-            raise SimilarityInputError("range must be a pair (low, high) when bins is an integer.")
+        if not _is_pair(range):
+            raise SimilarityInputError(
+                f"range must be a pair (low, high) when bins is an integer, got {range!r}.")
+        range = tuple(r.item() if isinstance(r, (np.ndarray, torch.Tensor)) and r.ndim == 0
+                      else r for r in range)
+        if any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in range):
+            raise SimilarityInputError(f"range must be two numbers (low, high), got {range!r}.")
         lo, hi = float(range[0]), float(range[1])
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise SimilarityInputError(f"range must be finite with low < high, got {range}.")
-        # the caller's range objects as given: numpy's edges depend on their types
-        return np.histogram_bin_edges(np.empty(0, np_dtype), bins=int(bins), range=tuple(range))
-    edges = np.asarray(bins, dtype=np.float64)
-    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)):
-        raise SimilarityInputError("bins must be an integer or a 1-D array of >= 2 finite edges.")
+            raise SimilarityInputError(
+                f"range must be finite with low < high, got {range!r}; pass e.g. range=(-1, 1).")
+        if max(abs(lo), abs(hi)) > float(np.finfo(np_dtype).max):
+            raise SimilarityInputError(
+                f"range={range!r} lies beyond the {name} values the scan computes "
+                f"(largest {np.finfo(np_dtype).max:.3g}); pass a narrower range"
+                + (" or dtype='float64'." if np_dtype == np.float32 else ".")
+            )
+        try:  # the caller's range objects as given: numpy's edges depend on their types
+            with np.errstate(over="ignore", invalid="ignore"):
+                edges = np.histogram_bin_edges(np.empty(0, np_dtype), bins=int(bins),
+                                               range=range)
+        except ValueError:  # numpy: "Too many bins for data range"
+            edges = np.zeros(2)  # reported below
+    else:
+        try:
+            edges = np.asarray(bins, dtype=np.float64)
+        except (TypeError, ValueError):
+            edges = np.empty(0)
+        if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)):
+            raise SimilarityInputError(
+                f"bins must be an integer or a 1-D array of >= 2 finite edges, got {bins!r}.")
     if np.any(np.diff(edges) <= 0):
-        raise SimilarityInputError("bin edges must increase strictly.")
+        raise SimilarityInputError(
+            f"bin edges must increase strictly (as {name} numbers); pass increasing edges, "
+            "or fewer bins or a wider range."
+        )
     return edges
+
+
+def _is_pair(value: Any) -> bool:
+    try:
+        return len(value) == 2 and not isinstance(value, str)
+    except TypeError:
+        return False
 
 
 class ExactHistogram:

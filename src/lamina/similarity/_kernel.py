@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from lamina.similarity._blocks import BOUNDED, Prepared
+from lamina.similarity._args import BOUNDED
+from lamina.similarity._blocks import Prepared
 
 
 def pair_values(

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from lamina.similarity import _cpu_kernels
-from lamina.similarity._blocks import BOUNDED, Prepared
+from lamina.similarity._args import BOUNDED
+from lamina.similarity._blocks import Prepared
 from lamina.similarity._cpu_kernels import jit
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lamina.similarity._errors import SimilarityInputError
+
 STANDARD_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
@@ -26,7 +28,9 @@ class ScanResult:
     first; row r belongs to x row ``rows[r]`` and indices are rows of x (or y). Rows of zero
     vectors get values NaN and indices -1.
     Threshold (when ``threshold`` was given): ``pairs_i``, ``pairs_j``, ``pairs_values``,
-    sorted by (i, j), ids of x and x (or y)."""
+    sorted by (i, j), ids of x and x (or y). Top-k and pair values are float32, float64 for
+    ``dtype="float64"`` scans. Asking for what the scan did not compute raises
+    :class:`SimilarityInputError`."""
 
     metric: str
     count: int
@@ -58,14 +62,21 @@ class ScanResult:
         inside a bin, so the error is below one bin width (pairs below/above the edges are
         spread over [min, first edge] and [last edge, max])."""
         if self.counts is None or self.edges is None:
-            raise ValueError("quantiles come from the histogram: scan with bins=... first.")
+            raise SimilarityInputError(
+                "quantiles come from the histogram: scan with bins=... first.")
+        try:
+            q_arr = np.asarray(q, dtype=np.float64)
+        except (TypeError, ValueError):
+            q_arr = np.array(np.nan)
+        if not np.all((q_arr >= 0) & (q_arr <= 1)):
+            raise SimilarityInputError(f"quantiles must lie in [0, 1], got {q!r}.")
         if self.count == 0:
             return np.full(np.shape(q), np.nan) if np.ndim(q) else float("nan")
         knots = np.concatenate([[self.min], self.edges, [self.max]]).astype(np.float64)
         knots = np.clip(knots, self.min, self.max)
         mass = np.concatenate([[0, self.below], self.below + np.cumsum(self.counts)])
         mass = np.concatenate([mass, [mass[-1] + self.above]]).astype(np.float64)
-        out = np.interp(np.asarray(q, dtype=np.float64) * self.count, mass, knots)
+        out = np.interp(q_arr * self.count, mass, knots)
         return float(out) if np.ndim(out) == 0 else out
 
     @property
@@ -96,7 +107,7 @@ class ScanResult:
     def pairs(self) -> pd.DataFrame:
         """Thresholded pairs: columns ``i``, ``j``, ``value``."""
         if self.pairs_i is None:
-            raise ValueError("no pairs: scan with threshold=... first.")
+            raise SimilarityInputError("no pairs: scan with threshold=... first.")
         return pd.DataFrame({"i": self.pairs_i, "j": self.pairs_j, "value": self.pairs_values})
 
     def to_frame(self, what: str | None = None) -> pd.DataFrame:
@@ -128,7 +139,7 @@ class ScanResult:
             return self.pairs()
         if what == "summary":
             return pd.DataFrame([self.summary])
-        raise ValueError(
+        raise SimilarityInputError(
             f"cannot make a {what!r} table from this scan; choose from 'histogram', 'topk', "
             "'pairs', 'summary' among those the scan computed."
         )

@@ -15,19 +15,21 @@ import torch
 
 
 class TopK:
-    """Running top-``k`` of ``n`` rows: ``values`` (n, k), ``indices`` (n, k) column
-    positions (-1 while unfilled). ``bound`` (n,): shared lower bounds of the k-th best."""
+    """Running top-``k`` of ``n`` rows: ``values`` (n, k) in ``dtype``, ``indices`` (n, k)
+    column positions (-1 while unfilled). ``bound`` (n,): shared lower bounds of the k-th
+    best."""
 
     def __init__(
         self, n: int, k: int, device: torch.device, bound: torch.Tensor | None = None,
-        chunk: int = 32, col_chunk: int = 16,
+        chunk: int = 32, col_chunk: int = 16, dtype: torch.dtype = torch.float32,
     ) -> None:
         self.k = k
         self.chunk = chunk
         self.col_chunk = col_chunk
-        self.values = torch.full((n, k), -torch.inf, dtype=torch.float32, device=device)
+        self.values = torch.full((n, k), -torch.inf, dtype=dtype, device=device)
         self.indices = torch.full((n, k), -1, dtype=torch.int64, device=device)
-        self.bound = torch.full((n,), -torch.inf, device=device) if bound is None else bound
+        self.bound = (torch.full((n,), -torch.inf, dtype=dtype, device=device) if bound is None
+                      else bound)
 
     # ------------------------------------------------------------------ merging
     def _merge(self, rows: slice | torch.Tensor, cand_v: torch.Tensor, cand_i: torch.Tensor):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity._blocks import available_memory
+from lamina.similarity._args import available_memory
 from lamina.similarity._errors import MemoryLimitError
 from lamina.similarity._kernel import Block, walk_blocks
 from lamina.similarity.scan import prepare_inputs

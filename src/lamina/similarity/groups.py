@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,16 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from lamina.similarity._blocks import RowSource, memory_budget, resolve_device, select_rows
-from lamina.similarity._blocks import block_size as pick_block_size
-from lamina.similarity._errors import SimilarityInputError
+from lamina.similarity._args import block_size as pick_block_size
+from lamina.similarity._args import (
+    check_int,
+    check_metric,
+    memory_budget,
+    resolve_device,
+    resolve_precision,
+)
+from lamina.similarity._blocks import RowSource, select_rows
+from lamina.similarity._errors import SimilarityInputError, UndefinedStatisticWarning
 from lamina.similarity._group_gram import GramAccumulator, permuted_within_sums
 from lamina.similarity._group_stream import stream_moments
 from lamina.similarity._hist import make_edges
@@ -33,7 +41,9 @@ class GroupStats:
     across-group comparison (``delta`` = within mean - across mean, Student's ``t`` and
     ``p_t``, Welch's ``t_welch``, ``df_welch`` and ``p_welch``, ``cohens_d`` with the pooled SD,
     ``p_permutation``). ``histograms`` (rows of ``table``, n_bins) and ``edges`` when ``bins``
-    was given."""
+    was given. ``notes``: why any statistic is NaN (no within- or across-group pairs, a single
+    pair, values that do not vary); each note is also issued as an
+    :class:`UndefinedStatisticWarning`."""
 
     table: pd.DataFrame
     summary: dict[str, Any]
@@ -41,6 +51,7 @@ class GroupStats:
     edges: np.ndarray | None = None
     permutation_deltas: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
         """The per-group-pair table."""
@@ -55,18 +66,28 @@ class GroupStats:
 
 def _codes(labels: Any, n: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Group code of every row of x (-1 outside ``rows``, the selected ids) and group names."""
+    if labels is None:
+        raise SimilarityInputError(f"labels is None; pass one label per row of x ({n} rows).")
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
-    lab = np.asarray(labels)
+    try:
+        lab = np.asarray(labels)
+    except ValueError:  # ragged nested sequences
+        lab = np.empty(0)
     if lab.ndim != 1 or len(lab) != n:
         raise SimilarityInputError(
             f"labels must be 1-D with one label per row of x ({n} rows), got shape {lab.shape}."
         )
     picked = lab if rows is None else lab[rows]
     try:
-        codes, names = pd.factorize(picked, sort=True)
+        try:
+            codes, names = pd.factorize(picked, sort=True)
+        except TypeError:  # labels of mixed types do not sort
+            codes, names = pd.factorize(picked, sort=False)
     except TypeError:
-        codes, names = pd.factorize(picked, sort=False)
+        raise SimilarityInputError(
+            "labels must be hashable values such as strings or integers, one per row."
+        ) from None
     if (codes < 0).any():
         raise SimilarityInputError("labels contain missing values (NaN/None); label every row.")
     out = np.full(n, -1, dtype=np.int64)
@@ -128,13 +149,18 @@ def group_stats(
     bins, range: per-group-pair histograms (numpy's rules), streamed.
     method: "auto" (Gram route unless euclidean or too many groups), "gram" or "stream".
     dtype: precision of the computation, float64 by default.
-    Zero vectors (cosine) and constant rows (correlation) are excluded (``n_zero``)."""
+    Zero vectors (cosine) and constant rows (correlation) are excluded (``n_zero``).
+    Statistics the labels leave undefined (one label: no across-group pairs; only singleton
+    groups: no within-group pairs; a single pair: no variance) are NaN and explained in
+    ``notes`` (each also issued as an :class:`UndefinedStatisticWarning`); fewer than two
+    usable rows raise :class:`SimilarityInputError`."""
     t0 = time.perf_counter()
     if method not in ("auto", "gram", "stream"):
         raise SimilarityInputError(f"unknown method {method!r}; choose 'auto', 'gram', 'stream'.")
-    n_perm = int(permutations)
-    if n_perm < 0:
-        raise SimilarityInputError(f"permutations must be >= 0, got {permutations}.")
+    check_metric(metric)
+    n_perm = check_int(permutations, "permutations", 0)
+    check_int(seed, "seed", 0)
+    edges = None if bins is None else make_edges(bins, range, resolve_precision(dtype).value)
     source = RowSource(x, "x")
     (n_all, d), dev = source.shape, resolve_device(device)
     selected = select_rows(subset, n_all)
@@ -162,7 +188,6 @@ def group_stats(
     perm_codes = None
     if n_perm:
         perm_codes = np.stack([codes[rng.permutation(n)] for _ in np.arange(n_perm)])
-    edges = None if bins is None else make_edges(bins, range, px.precision.value)
     streamed: dict[str, np.ndarray] = {}
     if not use_gram or edges is not None:
         streamed = stream_moments(
@@ -214,8 +239,48 @@ def group_stats(
         perm_deltas = deltas
     meta = dict(device=str(px.device), dtype=str(px.precision.value).replace("torch.", ""),
                 seconds=time.perf_counter() - t0)
+    notes = _notes(table, summary)
+    for note in notes:
+        warnings.warn(note, UndefinedStatisticWarning, stacklevel=2)
     return GroupStats(
         table=table, summary=summary,
         histograms=None if edges is None else streamed["hist"][:, 1:-1],
-        edges=edges, permutation_deltas=perm_deltas, meta=meta,
+        edges=edges, permutation_deltas=perm_deltas, meta=meta, notes=notes,
     )
+
+
+def _notes(table: pd.DataFrame, s: dict[str, Any]) -> list[str]:
+    """Why each NaN of the summary and the table is undefined."""
+    notes = []
+    tests = "delta, t, t_welch, cohens_d and p_permutation" if s["permutations"] else (
+        "delta, t, t_welch and cohens_d")
+    if s["across_count"] == 0:
+        notes.append(f"no across-group pairs: all {s['n_rows']} usable rows have one label, so "
+                     f"across_mean, across_var, {tests} are undefined (NaN); pass labels "
+                     "with at least two groups.")
+    if s["within_count"] == 0:
+        notes.append(f"no within-group pairs: each of the {s['n_groups']} groups has one "
+                     f"usable row, so within_mean, within_var, {tests} are undefined (NaN); "
+                     "pass at least one group with two or more rows.")
+    for side in ("within", "across"):
+        if s[f"{side}_count"] == 1:
+            notes.append(f"a single {side}-group pair: {side}_var (ddof=1) and the t-tests "
+                         "are undefined (NaN); pass more rows.")
+    if (s["within_count"] >= 2 and s["across_count"] >= 2 and math.isnan(s["t"])
+            and math.isnan(s["t_welch"])):
+        notes.append("the pair values do not vary within either side: t, t_welch, cohens_d "
+                     "and their p-values are undefined (NaN).")
+    lonely = table["group_a"][table["within"] & (table["count"] == 0)]
+    if len(lonely) and s["within_count"] > 0:
+        notes.append(f"{len(lonely)} groups have a single usable row ({_names(lonely)}): their "
+                     "within rows of the table have no pairs, mean and std NaN.")
+    single = (table["count"] == 1).sum()
+    if single:
+        notes.append(f"{single} rows of the table hold a single pair: their var and std "
+                     "(ddof=1) are NaN.")
+    return notes
+
+
+def _names(values: pd.Series, n: int = 5) -> str:
+    shown = ", ".join(map(str, values.iloc[:n]))
+    return shown + (", ..." if len(values) > n else "")

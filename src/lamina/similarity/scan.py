@@ -15,17 +15,21 @@ import torch
 
 from lamina.similarity import _cpu_kernels
 from lamina.similarity._accum import PairGuard, default_max_pairs, to_numpy
-from lamina.similarity._blocks import (
+from lamina.similarity._args import (
     BOUNDED,
-    Prepared,
-    RowSource,
     block_size,
     check_int,
     check_metric,
+    check_real,
     memory_budget,
-    prepare,
     resolve_device,
     resolve_precision,
+)
+from lamina.similarity._blocks import (
+    Prepared,
+    RowSource,
+    check_value_range,
+    prepare,
     select_rows,
 )
 from lamina.similarity._consume import ScanConsumer, ScanPlan, merge
@@ -47,27 +51,26 @@ def prepare_inputs(
     fast: bool, memory: int | None, block: int | None, visit: Any = None,
 ) -> tuple[Prepared, Prepared | None, int, int]:
     """Validate and prepare x (and y): returns ``(px, py, block_size, budget)``. ``visit``
-    sees x's prepared chunks (see :func:`prepare`)."""
+    sees x's prepared chunks (see :func:`prepare`). Dot and euclidean values are checked to
+    fit the dtype (:func:`check_value_range`)."""
     check_metric(metric)
     dev = resolve_device(device)
     precision = resolve_precision(dtype, fast)
     budget = memory_budget(dev, memory)
     size = block_size(dev, budget, block)
     src_x = x if isinstance(x, RowSource) else RowSource(x, "x")
-    px = prepare(src_x, metric, precision, dev, budget, select_rows(subset, len(src_x)),
-                 visit=visit)
-    py = None
-    if y is not None:
-        src_y = RowSource(y, "y")
-        if src_y.shape[1] != src_x.shape[1]:
-            raise SimilarityInputError(
-                f"x has vectors of width {src_x.shape[1]} but y of width {src_y.shape[1]}; "
-                "both must have the same width d."
-            )
-        sel_y = select_rows(subset_y, len(src_y), "subset_y")
-        py = prepare(src_y, metric, precision, dev, budget, sel_y)
-    elif subset_y is not None:
+    src_y = None if y is None else y if isinstance(y, RowSource) else RowSource(y, "y")
+    if src_y is not None and src_y.shape[1] != src_x.shape[1]:
+        raise SimilarityInputError(
+            f"x has vectors of width {src_x.shape[1]} but y of width {src_y.shape[1]}; "
+            "both must have the same width d."
+        )
+    if src_y is None and subset_y is not None:
         raise SimilarityInputError("subset_y needs y; pass y= or use subset= for x.")
+    sel_x = select_rows(subset, len(src_x))
+    sel_y = None if src_y is None else select_rows(subset_y, len(src_y), "subset_y")
+    px = prepare(src_x, metric, precision, dev, budget, sel_x, visit=visit)
+    py = None if src_y is None else prepare(src_y, metric, precision, dev, budget, sel_y)
     what = "zero vectors" if metric == "cosine" else "constant rows"
     if py is None and px.n < 2:
         raise SimilarityInputError(
@@ -76,6 +79,7 @@ def prepare_inputs(
         )
     if py is not None and (px.n < 1 or py.n < 1):
         raise SimilarityInputError(f"x or y has no usable rows (all are {what}).")
+    check_value_range(px, py)
     return px, py, size, budget
 
 
@@ -111,10 +115,10 @@ def scan(
         of the same values. Cosine and correlation values are clamped to [-1, 1].
     topk, largest: the k largest (or smallest) values per row of x and their column ids
         (self excluded).
-    threshold: every pair with value >= threshold (<= with ``threshold_below``), as sparse
-        (i, j, value); stops with :class:`TooManyPairsError` beyond ``max_pairs`` (default:
-        half the memory budget). ``groups=True`` also returns the connected components of
-        those pairs (duplicate groups; self-similarity only).
+    threshold: a finite number; every pair with value >= threshold (<= with
+        ``threshold_below``), as sparse (i, j, value); stops with :class:`TooManyPairsError`
+        beyond ``max_pairs`` (default: half the memory budget). ``groups=True`` also returns
+        the connected components of those pairs (duplicate groups; self-similarity only).
     subset, subset_y: row ids or boolean masks; results refer to original row ids.
     device: None picks CUDA when available. dtype: None/"float32" (default), "float64", or
         "bfloat16"/"float16" (= ``fast=True``): low-precision products; top-k candidates
@@ -127,6 +131,16 @@ def scan(
         (CPU default: torch's thread count, each single-threaded). progress: a tqdm bar.
     """
     t0 = time.perf_counter()
+    # options first: a bad one is reported before the pass over the rows
+    k = None if topk is None else check_int(topk, "topk")
+    widen = None if widen is None else check_int(widen, "widen")
+    workers = None if workers is None else check_int(workers, "workers")
+    if threshold is not None:
+        threshold = check_real(threshold, "threshold")
+        limit = None if max_pairs is None else check_int(max_pairs, "max_pairs")
+    if groups and (threshold is None or y is not None):
+        raise SimilarityInputError("groups=True needs a threshold and no y (self-similarity).")
+    edges = None if bins is None else make_edges(bins, range, resolve_precision(dtype, fast).value)
     px, py, size, budget = prepare_inputs(
         x, y, metric, subset, subset_y, device, dtype, fast, memory, block_size
     )
@@ -141,8 +155,7 @@ def scan(
     if (precision.fast and precision.matmul.itemsize == 2 and metric != "euclidean"
             and not plan.cpu_kernels):
         plan.patterns = precision.matmul
-    if topk is not None:
-        k = check_int(topk, "topk")
+    if k is not None:
         if k > n_other:
             raise SimilarityInputError(
                 f"topk={k} is too large: each row has only {n_other} other rows to compare with "
@@ -151,19 +164,16 @@ def scan(
         plan.k = k
         if needs_rescoring(px):
             plan.k = max(k, min(n_other, widen if widen is not None else max(2 * k, k + 12)))
-        plan.bound = torch.full((px.n,), -torch.inf, device=dev)  # shared by the workers
-    if bins is not None:
-        plan.edges = make_edges(bins, range, precision.value)
+        # shared by the workers; in the value dtype (a rounded bound could exceed a k-th best)
+        plan.bound = torch.full((px.n,), -torch.inf, dtype=precision.value, device=dev)
+    if edges is not None:
+        plan.edges = edges
         plan.bounds = (-1.0, 1.0) if metric in BOUNDED else (
             (0.0, np.inf) if metric == "euclidean" else None)
-    if groups and (threshold is None or py is not None):
-        raise SimilarityInputError("groups=True needs a threshold and no y (self-similarity).")
     if threshold is not None:
-        limit = default_max_pairs(budget)
-        if max_pairs is not None:
-            limit = check_int(max_pairs, "max_pairs")
+        limit = default_max_pairs(budget) if limit is None else limit
         note = f"limit {limit:,} pairs, {limit * 20 / 2**20:,.0f} MiB"
-        plan.guard = PairGuard(float(threshold), threshold_below, limit, note)
+        plan.guard = PairGuard(threshold, threshold_below, limit, note)
         if needs_rescoring(px):
             plan.candidate = candidate_threshold(threshold, threshold_below, px, other)
 
@@ -209,13 +219,14 @@ def _fill_topk(
         vals, idx = rescore_topk(px, other, idx, k, largest, budget)
     elif not largest:
         vals = -vals
-    vals, idx = to_numpy(vals).astype(np.float32), to_numpy(idx)
+    np_value = _np_value(px)
+    vals, idx = to_numpy(vals).astype(np_value), to_numpy(idx)
     rows = select_rows(subset, len(px.source))
     rows = np.arange(len(px.source)) if rows is None else rows
     pos = np.searchsorted(px.rows, rows)
     pos = np.minimum(pos, px.n - 1)
     ok = px.rows[pos] == rows
-    out_v = np.full((len(rows), k), np.nan, dtype=np.float32)
+    out_v = np.full((len(rows), k), np.nan, dtype=np_value)
     out_i = np.full((len(rows), k), -1, dtype=np.int64)
     out_v[ok] = vals[pos[ok]]
     out_i[ok] = other.rows[idx[pos[ok]]]
@@ -235,4 +246,9 @@ def _fill_pairs(
     order = np.lexsort((j, i))
     result.threshold = guard.threshold
     result.pairs_i, result.pairs_j = i[order], j[order]
-    result.pairs_values = to_numpy(v).astype(np.float32)[order]
+    result.pairs_values = to_numpy(v).astype(_np_value(px))[order]
+
+
+def _np_value(px: Prepared) -> type:
+    """numpy dtype of reported values: float64 for float64 scans, else float32."""
+    return np.float64 if px.precision.value == torch.float64 else np.float32

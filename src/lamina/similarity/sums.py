@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from lamina.similarity import _cpu_kernels
+from lamina.similarity._args import check_int
+from lamina.similarity._blocks import RowSource
 from lamina.similarity._cpu_kernels import jit
 from lamina.similarity._errors import SimilarityInputError
 from lamina.similarity._kernel import Block, walk_blocks
@@ -25,17 +27,32 @@ from lamina.similarity._kernel import Block, walk_blocks
 
 def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
     """Weights (n_rows, m) as a float32 tensor (scipy sparse, numpy or torch)."""
+    if weights is None:
+        raise SimilarityInputError(
+            f"weights is None; pass one row of weights per row of y ({n_rows}), e.g. "
+            "numpy.ones(len(y)) to count the matches.")
     if hasattr(weights, "toarray"):  # scipy sparse
         weights = weights.toarray()
-    w = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights))
-    if w.dim() == 1:
-        w = w[:, None]
+    if not isinstance(weights, torch.Tensor):
+        try:
+            weights = np.asarray(weights)
+        except ValueError:  # ragged nested sequences
+            weights = np.empty((0, 0), dtype=object)
+        if weights.dtype != bool and not np.issubdtype(weights.dtype, np.number) or (
+                np.iscomplexobj(weights)):
+            raise SimilarityInputError(
+                f"weights must hold real numbers, got dtype {weights.dtype}.")
+        weights = torch.as_tensor(weights)
+    elif weights.is_complex():
+        raise SimilarityInputError(f"weights must hold real numbers, got dtype {weights.dtype}.")
+    w = weights[:, None] if weights.dim() == 1 else weights
     if w.dim() != 2 or len(w) != n_rows:
         raise SimilarityInputError(
             f"weights must have one row per row of y ({n_rows}), got shape {tuple(w.shape)}.")
     w = w.to(torch.float32)
     if not bool(torch.isfinite(w).all()):
-        raise SimilarityInputError("weights contain NaN or infinite values.")
+        raise SimilarityInputError(
+            "weights contain NaN or infinite values (or values beyond float32's range).")
     return w
 
 
@@ -130,12 +147,23 @@ def threshold_sums(
     """
     from lamina.similarity.scan import prepare_inputs
 
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    try:
+        t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    except (TypeError, ValueError):
+        t = np.empty(0)
     if t.ndim != 1 or len(t) == 0 or not np.all(np.isfinite(t)):
-        raise SimilarityInputError("thresholds must be one or more finite numbers.")
+        raise SimilarityInputError(
+            f"thresholds must be one or more finite numbers, got {thresholds!r}.")
+    if y is None:
+        raise SimilarityInputError(
+            "y is None; pass the rows (M, d) whose weights are summed (y=x compares x with "
+            "itself, each row included).")
+    y = y if isinstance(y, RowSource) else RowSource(y, "y")
+    w = _dense_weights(weights, len(y))  # checked before the pass over the rows
+    workers = None if workers is None else check_int(workers, "workers")
     px, py, size, _ = prepare_inputs(x, y, metric, None, None, device, None, False, memory,
                                      block_size)
-    w = _dense_weights(weights, len(py.source)).to(px.device)
+    w = w.to(px.device)
     y_rows = torch.as_tensor(py.rows, device=px.device)
     thr = torch.as_tensor(t, dtype=torch.float32)
     compiled = _cpu_kernels.ENABLED and px.device.type == "cpu"

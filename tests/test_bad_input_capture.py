@@ -179,13 +179,13 @@ def test_cli_bad_sites_speak_cli(site, needle, texts, tmp_path) -> None:
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, True])
 def test_bad_batch_size(batch_size, gpt2) -> None:
     api_fails(lambda: gpt2.collect(TEXTS, "hidden.1", batch_size=batch_size),
-              "batch_size must be an int of at least 1")
+              "batch_size must be an integer >= 1")
 
 
 def test_cli_bad_batch_size(texts, tmp_path, monkeypatch) -> None:
     _no_load(monkeypatch)
     cli_fails(["capture", "--texts", texts, "--out", tmp_path / "a", "--batch-size", "0"],
-              "--batch-size must be at least 1")
+              "--batch-size must be an integer >= 1")
 
 
 def test_context_length_speaks_each_interface(char, tmp_path) -> None:

@@ -70,7 +70,7 @@ BAD = [
     ("subset mask length", lambda: sim.scan(X, subset=np.ones(3, bool)), ["length 3", "40"]),
     ("all zero rows", lambda: sim.scan(np.zeros((4, 3))), ["at least 2 rows", "4 zero"]),
     # --- options
-    ("topk 0", lambda: sim.scan(X, topk=0), ["topk must be an integer >= 1, got 0"]),
+    ("topk 0", lambda: sim.scan(X, topk=0), ["topk must be an integer >= 1, not 0"]),
     ("topk -1", lambda: sim.scan(X, topk=-1), ["topk must be an integer >= 1"]),
     ("topk 1.5", lambda: sim.scan(X, topk=1.5), ["topk must be an integer"]),
     ("topk True", lambda: sim.scan(X, topk=True), ["topk must be an integer"]),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lamina.checks import check_int
 from lamina.errors import ContextLengthError, LaminaError, TokenizationError
 
 if TYPE_CHECKING:
@@ -33,11 +34,7 @@ def _int(value: object) -> int | None:
 
 def check_batch_size(batch_size: object) -> int:
     """``batch_size`` if it is an int of at least 1, else a :class:`LaminaError`."""
-    n = _int(batch_size)
-    if n is None or n < 1:
-        raise LaminaError(f"batch_size must be an int of at least 1, not {batch_size!r}.",
-                          cli=f"--batch-size must be at least 1, not {batch_size}.")
-    return n
+    return check_int(batch_size, "batch_size", 1, option="--batch-size")
 
 
 def check_positions(positions: object) -> None:

@@ -3,36 +3,21 @@ character model can write far beyond its 256-character context)."""
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
+from lamina.checks import check_int, check_number
 from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
 
 
 def _check(n: object, temperature: object, top_k: object, seed: object) -> None:
     """Refuse settings that would crash, or sample something other than what was asked."""
-    def is_int(v: object) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-    if not is_int(n) or n < 0:  # type: ignore[operator]
-        raise LaminaError(f"n (tokens to generate) must be an integer >= 0, not {n!r}.",
-                          cli=f"-n (tokens to generate) must be an integer >= 0, not {n!r}.")
-    if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
-            or not math.isfinite(temperature) or temperature < 0):
-        raise LaminaError(f"temperature must be a finite number >= 0 (0 = greedy), not "
-                          f"{temperature!r}.",
-                          cli=f"--temperature must be a finite number >= 0 (0 = greedy), not "
-                          f"{temperature!r}.")
-    if top_k is not None and (not is_int(top_k) or top_k < 1):  # type: ignore[operator]
-        raise LaminaError(f"top_k must be an integer >= 1 (or None: no cut-off), not {top_k!r}.",
-                          cli=f"--top-k must be an integer >= 1 (leave it out for no cut-off), "
-                          f"not {top_k!r}.")
-    if not is_int(seed) or not 0 <= seed < 2**63:  # type: ignore[operator]
-        raise LaminaError(f"seed must be an integer >= 0, not {seed!r}.",
-                          cli=f"--seed must be an integer >= 0, not {seed!r}.")
+    check_int(n, "n (tokens to generate)", 0, option="-n (tokens to generate)")
+    check_number(temperature, "temperature", 0, option="--temperature", why=" (0 = greedy)")
+    if top_k is not None:
+        check_int(top_k, "top_k", 1, option="--top-k", why=" (or None: no cut-off)",
+                  cli_why=" (leave it out for no cut-off)")
+    check_int(seed, "seed", 0, most=2**63 - 1, option="--seed")
 
 
 def _prompt_ids(model: Model, prompt: str) -> list[int]:

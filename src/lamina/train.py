@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from lamina.checks import check_int
 from lamina.corpus import text_of
 from lamina.errors import LaminaError
 from lamina.outputs import check_output_dir
@@ -221,11 +222,8 @@ def _config(preset: str, steps: Any, seed: Any, overrides: dict[str, Any]) -> Tr
     if unknown:
         raise LaminaError(f"Unknown training setting(s) {unknown}: TrainConfig has {names}.")
     for name, value, low in (("steps", steps, 1), ("seed", seed, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not low <= value < 2**32):
-            raise LaminaError(f"{name} must be an integer in [{low}, 2**32), not {value!r}.",
-                              cli=f"--{name} must be an integer from {low} to 2**32 - 1, "
-                              f"not {value!r}.")
+        if value is not None:
+            check_int(value, name, low, most=2**32 - 1, option=f"--{name}")
     cfg = replace(PRESETS[preset], **overrides)
     return replace(cfg, steps=cfg.steps if steps is None else steps,
                    seed=cfg.seed if seed is None else seed)

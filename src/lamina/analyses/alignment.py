@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lamina.analyses._checks import check_count, single_token
+from lamina.analyses._checks import single_token
+from lamina.checks import check_int
 from lamina.errors import LaminaError
 from lamina.geometry import cosine
 from lamina.models import Model, load
@@ -140,17 +141,17 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
     ``attn_mlp``) where it is defined (pre-LN blocks) and ``W_E`` alone otherwise;
     ``meta["key_side"]`` records which, and why.
     """
-    check_count(n_sequences, "n_sequences", 2, option="--n-sequences",
+    check_int(n_sequences, "n_sequences", 2, option="--n-sequences",
                 why=" (the spread of the cosines needs two sequences)")
-    check_count(seq_len, "seq_len", 1, option="--seq-len")
-    check_count(batch_size, "batch_size", 1)
+    check_int(seq_len, "seq_len", 1, option="--seq-len")
+    check_int(batch_size, "batch_size", 1)
     positions = tuple(positions)
     if not positions:
         raise LaminaError("positions is empty: give at least one key position.",
                           cli="Give at least one --position.")
     model = load(model)
     for name, value, n in (("layer", layer, model.n_layers), ("head", head, model.n_heads)):
-        check_count(value, name, 0, option=f"--{name}")
+        check_int(value, name, 0, option=f"--{name}")
         if value >= n:
             raise LaminaError(f"{name} must be in [0, {n}), not {value}: the model has {n} "
                               f"{name}s.", cli=f"--{name} must be in [0, {n}), not {value}: the "

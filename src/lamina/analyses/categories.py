@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lamina.analyses._checks import check_count, noted_group_stats
+from lamina.analyses._checks import noted_group_stats
 from lamina.analyses.category_plots import plot_laminar, plot_layer, plot_variance
+from lamina.checks import check_int
 from lamina.corpus import read_text_file
 from lamina.errors import LaminaError, TokenizationError
 from lamina.models import Model, load
@@ -258,8 +259,8 @@ def categories(model: Model | str, words: Any = None, *, template: str | None = 
     the template, the pooling and the counts. ``summary["notes"]`` says why a figure is
     missing (an undefined t, no baseline).
     """
-    check_count(permutations, "permutations", 0, option="--permutations")
-    if check_count(baseline, "baseline", 0) in (1, 2):
+    check_int(permutations, "permutations", 0, option="--permutations")
+    if check_int(baseline, "baseline", 0) in (1, 2):
         raise LaminaError("baseline must be 0 (no baseline) or at least 3 random tokens.")
     check_options(template, pooling)
     frame = read_words(words)

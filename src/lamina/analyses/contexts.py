@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lamina.analyses._checks import check_count, noted_group_stats, single_token
+from lamina.analyses._checks import noted_group_stats, single_token
+from lamina.checks import check_int
 from lamina.corpus import text_of
 from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
@@ -179,16 +180,16 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
     Everything is checked before the model runs. ``summary["notes"]`` says why a statistic
     is undefined (NaN), if one is.
     """
-    check_count(window, "window", 1, option="--window", why=" (tokens of context before each "
+    check_int(window, "window", 1, option="--window", why=" (tokens of context before each "
                 "occurrence; with none, every occurrence of a word is the same input)")
     if max_per_target is not None:
-        check_count(max_per_target, "max_per_target", 2, option="--max-per-target",
+        check_int(max_per_target, "max_per_target", 2, option="--max-per-target",
                     why=" (each word needs two occurrences for a within-word pair)")
-    check_count(permutations, "permutations", 0, option="--permutations")
-    if check_count(baseline, "baseline", 0) == 1:
+    check_int(permutations, "permutations", 0, option="--permutations")
+    if check_int(baseline, "baseline", 0) == 1:
         raise LaminaError("baseline must be 0 (no baseline) or at least 2 random positions, "
                           "to form a pair.")
-    check_count(bins, "bins", 1)
+    check_int(bins, "bins", 1)
     model = load(model)
     if model.max_length and window + 1 > model.max_length:
         raise ContextLengthError(f"window + 1 = {window + 1} tokens exceeds the model's "

@@ -22,7 +22,8 @@ import torch
 from scipy import stats
 
 from lamina.analyses import embedding_plots as plots
-from lamina.analyses._checks import check_count, check_number, single_token
+from lamina.analyses._checks import single_token
+from lamina.checks import check_int, check_number
 from lamina.errors import LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
@@ -191,9 +192,9 @@ def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
         n_scatter: random pairs for the cosine-vs-correlation scatter and agreement figures.
         fast: bfloat16 products with exactly re-scored top-k (see the similarity engine).
     """
-    check_count(bins, "bins", 1, option="--bins")
-    check_count(topk, "topk", 1, option="--topk")
-    check_count(n_scatter, "n_scatter", 1)
+    check_int(bins, "bins", 1, option="--bins")
+    check_int(topk, "topk", 1, option="--topk")
+    check_int(n_scatter, "n_scatter", 1)
     check_number(duplicate_threshold, "duplicate_threshold", 0, 1, low_open=True,
                  option="--duplicate-threshold", why=" (the cosine at or above which tokens "
                  "are duplicates)")

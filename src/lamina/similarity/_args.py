@@ -5,13 +5,13 @@ budgets."""
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from lamina import checks
 from lamina.similarity._errors import SimilarityInputError
 
 METRICS = ("cosine", "correlation", "dot", "euclidean")
@@ -23,22 +23,13 @@ _GiB = 1 << 30
 
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an int, or an error unless it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SimilarityInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+    return checks.check_int(value, name, minimum, error=SimilarityInputError)
 
 
 def check_real(value: Any, name: str) -> float:
     """``value`` as a float, or an error unless it is a finite real number (NaN would select
     nothing and say nothing)."""
-    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SimilarityInputError(f"{name} must be a finite number, got {value!r}.")
-    out = float(value)
-    if not math.isfinite(out):
-        raise SimilarityInputError(f"{name} must be a finite number, got {out}.")
-    return out
+    return checks.check_number(value, name, error=SimilarityInputError)
 
 
 def check_metric(metric: Any) -> str:

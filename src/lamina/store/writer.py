@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from lamina.checks import check_int
 from lamina.errors import LaminaError, StoreError
 from lamina.fingerprint import model_fingerprint
 from lamina.models import Model, load
@@ -65,12 +66,8 @@ def _check_args(positions: Any, batch_size: Any, shard_rows: Any, shard_bytes: A
                               "prefix its own row).")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows),
                         ("shard_bytes", shard_bytes)):
-        if value is None and name == "shard_rows":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LaminaError(f"{name} must be a positive integer, not {value!r}.",
-                              cli=f"--{name.replace('_', '-')} must be a positive integer, "
-                                  f"not {value!r}.")
+        if value is not None or name != "shard_rows":
+            check_int(value, name, 1, option=f"--{name.replace('_', '-')}")
 
 
 def _shard_rows(model: Model, sites: list[str], dtype: str, shard_bytes: int) -> int:

@@ -150,3 +150,19 @@ def test_cli_collect_substrings(tmp_path: Path) -> None:
     assert store.complete and store.strings == lstore.substrings(text.read_text(), 6).strings
     missing = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--corpus" in missing.output
+
+
+@pytest.mark.parametrize(("values", "dtype", "finite"), [
+    ([1.0, -2.0, 3.0], torch.float32, True),
+    ([3e38, 3e38, 3e38], torch.float32, True),     # the sum overflows; every value is finite
+    ([6e4, 6e4, 6e4], torch.float16, True),
+    ([1.0, float("nan"), 3.0], torch.float32, False),
+    ([1.0, float("inf"), float("-inf")], torch.float32, False),
+    ([1.0, float("nan")], torch.bfloat16, False),
+    ([1e300, 1e300], torch.float64, True),
+])
+def test_block_finiteness_check_matches_numpy(values, dtype, finite) -> None:
+    from lamina.store.reader import _all_finite
+
+    block = torch.tensor(values, dtype=dtype).reshape(1, -1)
+    assert _all_finite(block) is finite is bool(np.isfinite(block.double().numpy()).all())

@@ -1,5 +1,5 @@
 # Two set-up commands, each works from a clean clone and creates its own environment:
-#   make demo   installs lamina and runs the main job on the built-in model
+#   make demo   installs lamina and builds the atlas (out/atlas/index.html) of the built-in models
 #   make test   installs lamina with its test tools, lints with ruff and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.base pyproject.toml
 	touch $@
 
 demo: $(VENV)/.demo
-	HF_HUB_OFFLINE=1 $(VENV)/bin/lamina norms --model minilm
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lamina report --model minilm --model shakespeare-char --quick --out out/atlas
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

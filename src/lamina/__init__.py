@@ -10,10 +10,21 @@ result -> table, figure, report.
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 from lamina.activations import Activations  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
 from lamina.models import BUILTINS, Model, load  # noqa: E402
 
-__all__ = ["Activations", "BUILTINS", "LaminaError", "Model", "__version__", "load"]
+
+def report(models: Any, out: Any = None, **options: Any) -> Any:
+    """The atlas of ``models`` (see :func:`lamina.atlas.core.report`), imported lazily so
+    that ``import lamina`` stays fast."""
+    from lamina.atlas.core import report as _report
+
+    return _report(models, out, **options)
+
+
+__all__ = ["Activations", "BUILTINS", "LaminaError", "Model", "__version__", "load", "report"]

@@ -357,7 +357,7 @@ def alignment(
     _save(result, out)
 
 
-from lamina import cli_store, cli_train  # noqa: E402,F401,I001  (register their commands)
+from lamina import cli_report, cli_store, cli_train  # noqa: E402,F401,I001  (register their commands)
 
 
 def _click_exceptions() -> Any:

@@ -6,6 +6,7 @@ from lamina.analyses.approximation import ApproximationResult, approximation
 from lamina.analyses.categories import CategoriesResult, categories
 from lamina.analyses.contexts import ContextsResult, contexts
 from lamina.analyses.embeddings import EmbeddingsResult, embeddings
+from lamina.analyses.head_sweep import HeadSweepResult, head_sweep
 from lamina.analyses.lens import LensResult, lens
 from lamina.analyses.norms import NormsResult, norms
 from lamina.analyses.pathlength import PathLengthResult, pathlength
@@ -13,7 +14,7 @@ from lamina.analyses.similar_strings import SimilarStringsResult, similar_string
 
 __all__ = [
     "AlignmentResult", "ApproximationResult", "CategoriesResult", "ContextsResult",
-    "EmbeddingsResult", "LensResult", "NormsResult", "PathLengthResult", "SimilarStringsResult",
-    "alignment", "approximation", "categories", "contexts", "embeddings", "lens", "norms",
-    "pathlength", "similar_strings",
+    "EmbeddingsResult", "HeadSweepResult", "LensResult", "NormsResult", "PathLengthResult",
+    "SimilarStringsResult", "alignment", "approximation", "categories", "contexts", "embeddings",
+    "head_sweep", "lens", "norms", "pathlength", "similar_strings",
 ]

@@ -1,0 +1,1 @@
+"""The atlas's sections, one module each (see :mod:`lamina.atlas.registry`)."""

@@ -57,7 +57,7 @@ def models() -> dict[str, lamina.Model]:
 
 
 def _ctx(*extra: str, corpus: str = "{corpus}") -> list[str]:
-    return ["contexts", "-m", "{gpt2}", "--corpus", corpus, "--max-per-target", "5", *extra]
+    return ["contexts", "-m", "{gpt2}", "--text-file", corpus, "--max-per-target", "5", *extra]
 
 
 def _cat(*extra: str) -> list[str]:
@@ -91,11 +91,11 @@ CLI_CASES: list[tuple[str, list[str], list[str]]] = [
     ("ctx-target-never-occurs", _ctx("--target", "love", "--target", "galaxy"),
      [r"'galaxy' .*never occurs", r"--window"]),
     ("ctx-target-once", _ctx("--target", "king", "--target", "queen", "--window", "2",
-                             corpus="{small}"), [r"'queen' .*occurs 1 time", r"--corpus"]),
+                             corpus="{small}"), [r"'queen' .*occurs 1 time", r"--text-file"]),
     ("ctx-one-target", _ctx("--target", "king"), [r"at least two target words \(--target"]),
     ("ctx-multi-token-target", _ctx("--target", "king", "--target", "pineapplesauce"),
      [r"--target word 'pineapplesauce' is 4 tokens"]),
-    ("ctx-corpus-not-utf8", _ctx(*KT, corpus="{latin}"), [r"not UTF-8", r"--corpus"]),
+    ("ctx-corpus-not-utf8", _ctx(*KT, corpus="{latin}"), [r"not UTF-8", r"--text-file"]),
     # categories (item 11: the word list is checked before the computation)
     ("cat-one-word-category", _cat("--words", "{one}"), [r"category 'x' has one word \('cat'\)"]),
     ("cat-empty-word", _cat("--words", "{empty}"), [r"line 3 of .*empty\.txt has an empty word"]),

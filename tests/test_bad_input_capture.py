@@ -73,7 +73,7 @@ def test_non_float_dtype_is_refused(dtype, monkeypatch, gpt2) -> None:
 def test_cli_capture_dtype_refused_before_loading(dtype, texts, tmp_path, monkeypatch) -> None:
     _no_load(monkeypatch)
     out = tmp_path / "acts.safetensors"
-    cli_fails(["capture", "--texts", texts, "--out", out, "--dtype", dtype],
+    cli_fails(["capture", "--lines", texts, "--out", out, "--dtype", dtype],
               rf"--dtype {dtype} is not a float dtype", "float32")
     assert not out.exists()
 
@@ -111,7 +111,7 @@ def test_bad_positions(positions, needle, gpt2) -> None:
     ("999", r"--positions 999 is outside input 0"),
 ])
 def test_cli_bad_positions(value, needle, texts, tmp_path) -> None:
-    cli_fails(["capture", "--model", "shakespeare-char", "--texts", texts, "--out",
+    cli_fails(["capture", "--model", "shakespeare-char", "--lines", texts, "--out",
                tmp_path / "a.safetensors", "--positions", value], needle)
 
 
@@ -171,7 +171,7 @@ def test_bad_sites(sites, needle, gpt2) -> None:
     ("module:nope", "Run `lamina sites --modules`"),
 ])
 def test_cli_bad_sites_speak_cli(site, needle, texts, tmp_path) -> None:
-    line = cli_fails(["capture", "--model", "shakespeare-char", "--texts", texts, "--out",
+    line = cli_fails(["capture", "--model", "shakespeare-char", "--lines", texts, "--out",
                       tmp_path / "a", "--site", site], needle)
     assert "print(model" not in line and "sites=" not in line
 
@@ -184,7 +184,7 @@ def test_bad_batch_size(batch_size, gpt2) -> None:
 
 def test_cli_bad_batch_size(texts, tmp_path, monkeypatch) -> None:
     _no_load(monkeypatch)
-    cli_fails(["capture", "--texts", texts, "--out", tmp_path / "a", "--batch-size", "0"],
+    cli_fails(["capture", "--lines", texts, "--out", tmp_path / "a", "--batch-size", "0"],
               "--batch-size must be an integer >= 1")
 
 
@@ -196,12 +196,12 @@ def test_context_length_speaks_each_interface(char, tmp_path) -> None:
     path = tmp_path / "long.txt"
     path.write_text(long_line + "\n")
     out = tmp_path / "acts.safetensors"
-    line = cli_fails(["capture", "--model", "shakespeare-char", "--texts", path, "--out", out],
+    line = cli_fails(["capture", "--model", "shakespeare-char", "--lines", path, "--out", out],
                      f"context of {limit} tokens", "--truncate")
     assert "truncate=True" not in line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cli_ok(["capture", "--model", "shakespeare-char", "--texts", path, "--out", out,
+        cli_ok(["capture", "--model", "shakespeare-char", "--lines", path, "--out", out,
                 "--truncate", "--site", "hidden.4"])
     acts = lamina.Activations.load(out)
     assert int(acts.lengths[0]) == limit
@@ -209,29 +209,29 @@ def test_context_length_speaks_each_interface(char, tmp_path) -> None:
     torch.testing.assert_close(acts["hidden.4"], expected)
 
 
-# -- capture --out and --texts: checked before the model is loaded ----------------------------
+# -- capture --out and --lines: checked before the model is loaded ----------------------------
 
 def test_cli_capture_out_checked_before_loading(texts, tmp_path, monkeypatch) -> None:
     _no_load(monkeypatch)
     existing = tmp_path / "taken.safetensors"
     existing.mkdir()
-    cli_fails(["capture", "--texts", texts, "--out", existing, "--model", "./no/such/dir"],
+    cli_fails(["capture", "--lines", texts, "--out", existing, "--model", "./no/such/dir"],
               "is a directory", "--out")
     parent_file = tmp_path / "file"
     parent_file.write_text("x")
-    cli_fails(["capture", "--texts", texts, "--out", parent_file / "acts"],
+    cli_fails(["capture", "--lines", texts, "--out", parent_file / "acts"],
               "is a file, not a directory", "--out")
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        cli_fails(["capture", "--texts", texts, "--out", locked / "acts"], "not writable")
+        cli_fails(["capture", "--lines", texts, "--out", locked / "acts"], "not writable")
 
 
 def test_cli_capture_texts_not_utf8(tmp_path, monkeypatch) -> None:
     _no_load(monkeypatch)
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
-    cli_fails(["capture", "--texts", bad, "--out", tmp_path / "a"], "not UTF-8", "--texts")
+    cli_fails(["capture", "--lines", bad, "--out", tmp_path / "a"], "not UTF-8", "--lines")
 
 
 def test_activations_save_is_atomic_and_checked(gpt2, tmp_path, monkeypatch) -> None:
@@ -345,7 +345,7 @@ def test_cli_sites_lists_module_paths_that_capture(char, texts, tmp_path) -> Non
     listed = cli_ok(["sites", "--model", "shakespeare-char", "--modules"])
     assert "module:transformer.h.3.mlp  (GPT2MLP)" in listed
     out = tmp_path / "mlp.safetensors"
-    cli_ok(["capture", "--model", "shakespeare-char", "--texts", texts, "--out", out,
+    cli_ok(["capture", "--model", "shakespeare-char", "--lines", texts, "--out", out,
             "--site", "module:transformer.h.3.mlp", "--site", "mlp_out.3"])
     acts = lamina.Activations.load(out)
     torch.testing.assert_close(acts["module:transformer.h.3.mlp"], acts["blocks.3.hook_mlp_out"])

@@ -52,11 +52,11 @@ OUT_COMMANDS = [
     ["pathlength", "--model", "shakespeare-char", "--text", "ROMEO:"],
     ["embeddings", "--model", "shakespeare-char"],
     ["categories", "--model", "shakespeare-char"],
-    ["contexts", "--model", "shakespeare-char", "--corpus", "{text}", "--target", "K"],
+    ["contexts", "--model", "shakespeare-char", "--text-file", "{text}", "--target", "K"],
     ["alignment", "--model", "shakespeare-char", "--layer", "0", "--head", "0"],
     ["similar", "--store", "{dir}", "--query", "a", "--site", "hidden.1"],
     ["approximate", "--store", "{dir}"],
-    ["train", "--corpus", "{text}", "--preset", "tiny"],
+    ["train", "--text-file", "{text}", "--preset", "tiny"],
 ]
 BAD_OUTS = [
     ("{file}", [r"\bis a file\b|exists and is a file", "--out"]),
@@ -86,17 +86,17 @@ FILE_CASES = [
     (["lens", "--text", "@{dir}"], ["not a file", "--text"]),
     (["pathlength", "--model", "shakespeare-char", "--text", "@{latin}"],
      ["not UTF-8", "--text"]),
-    (["norms", "--model", "shakespeare-char", "--texts", "{latin}"], ["not UTF-8", "--texts"]),
-    (["norms", "--model", "shakespeare-char", "--texts", "{empty}"],
-     ["no non-empty lines", "--texts"]),
-    (["capture", "--model", "shakespeare-char", "--texts", "{latin}", "--out", "{new}.st"],
-     ["not UTF-8", "--texts"]),
-    (["contexts", "--corpus", "{latin}", "--target", "king"], ["not UTF-8", "--corpus"]),
-    (["contexts", "--corpus", "{missing}", "--target", "king"], ["No such", "--corpus"]),
+    (["norms", "--model", "shakespeare-char", "--lines", "{latin}"], ["not UTF-8", "--lines"]),
+    (["norms", "--model", "shakespeare-char", "--lines", "{empty}"],
+     ["no non-empty lines", "--lines"]),
+    (["capture", "--model", "shakespeare-char", "--lines", "{latin}", "--out", "{new}.st"],
+     ["not UTF-8", "--lines"]),
+    (["contexts", "--text-file", "{latin}", "--target", "king"], ["not UTF-8", "--text-file"]),
+    (["contexts", "--text-file", "{missing}", "--target", "king"], ["No such", "--text-file"]),
     (["categories", "--words", "{latin}"], ["not UTF-8", "--words"]),
     (["categories", "--words", "{missing}"], ["No such", "--words"]),
-    (["train", "--corpus", "{latin}", "--out", "{new}"], ["not UTF-8", "--corpus"]),
-    (["train", "--corpus", "{missing}", "--out", "{new}"], ["No such", "--corpus"]),
+    (["train", "--text-file", "{latin}", "--out", "{new}"], ["not UTF-8", "--text-file"]),
+    (["train", "--text-file", "{missing}", "--out", "{new}"], ["No such", "--text-file"]),
 ]
 
 
@@ -108,21 +108,21 @@ def test_bad_input_files(args: list[str], needles: list[str], paths: dict) -> No
 
 # options of train and generate: wrong types, unknown choices, values out of range
 OPTION_CASES = [
-    (["train", "--corpus", "{text}", "--out", "{new}", "--steps", "0"], ["--steps", "not 0"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--steps", "-5"], ["--steps", "-5"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--steps", "many"],
+    (["train", "--text-file", "{text}", "--out", "{new}", "--steps", "0"], ["--steps", "not 0"]),
+    (["train", "--text-file", "{text}", "--out", "{new}", "--steps", "-5"], ["--steps", "-5"]),
+    (["train", "--text-file", "{text}", "--out", "{new}", "--steps", "many"],
      ["Invalid value for '--steps'", "valid integer"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--seed", "-1"], ["--seed", "-1"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--preset", "huge"],
+    (["train", "--text-file", "{text}", "--out", "{new}", "--seed", "-1"], ["--seed", "-1"]),
+    (["train", "--text-file", "{text}", "--out", "{new}", "--preset", "huge"],
      ["--preset", "huge", "seed, small, tiny"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--device", "gpu7"],
+    (["train", "--text-file", "{text}", "--out", "{new}", "--device", "gpu7"],
      ["--device", "gpu7", "cpu or cuda"]),
-    (["train", "--corpus", "{text}", "--out", "{new}", "--device", "meta"],
+    (["train", "--text-file", "{text}", "--out", "{new}", "--device", "meta"],
      ["--device cpu or cuda"]),
-    (["train", "--corpus", "{short}", "--out", "{new}", "--preset", "tiny"],
-     ["--corpus is too short", "context of 32", "at least 340 characters"]),
-    (["train", "--corpus", "{short}", "--out", "{new}"], ["too short", "--preset tiny"]),
-    (["train", "--out", "{new}"], ["Missing option", "--corpus"]),
+    (["train", "--text-file", "{short}", "--out", "{new}", "--preset", "tiny"],
+     ["--text-file is too short", "context of 32", "at least 340 characters"]),
+    (["train", "--text-file", "{short}", "--out", "{new}"], ["too short", "--preset tiny"]),
+    (["train", "--out", "{new}"], ["Missing option", "--text-file"]),
     (["generate", "--top-k", "0"], ["--top-k", ">= 1", "not 0"]),
     (["generate", "--top-k", "-3"], ["--top-k"]),
     (["generate", "-n", "-1"], ["-n", ">= 0", "not -1"]),
@@ -146,7 +146,7 @@ def test_bad_options(args: list[str], needles: list[str], paths: dict) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(paths: dict) -> None:
-    cli_fails(_fill(["train", "--corpus", "{text}", "--out", "{new}", "--device", "cuda"],
+    cli_fails(_fill(["train", "--text-file", "{text}", "--out", "{new}", "--device", "cuda"],
                     paths), "CUDA is not available", "--device cpu")
     api_fails(lambda: train_char_lm(TEXT, paths["new"], device="cuda"), "device='cpu'")
 
@@ -159,7 +159,7 @@ def test_truncate_options_exist_where_the_error_suggests_them() -> None:
     from badinput import cli_ok
 
     out = cli_ok(["lens", "--model", "shakespeare-char", "--text", long, "--truncate"])
-    assert "hidden" in out or "label" in out
+    assert "layer" in out and "top_token" in out  # the lens table printed
 
 
 # the same checks through the Python API, in the API's words

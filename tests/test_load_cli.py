@@ -104,7 +104,7 @@ def test_cli_sites_and_norms(gpt2_dir: str, tmp_path) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["norms", "--model", gpt2_dir, "--texts", str(texts),
+    result = runner.invoke(app, ["norms", "--model", gpt2_dir, "--lines", str(texts),
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -127,7 +127,7 @@ def test_every_analysis_command_runs_with_model_and_inputs(gpt2_dir: str, tmp_pa
     commands = {
         "categories": ["--permutations", "20"],
         "embeddings": ["--tokens", "re:^[a-c]", "--probe", "cat,dog"],
-        "contexts": ["--corpus", str(corpus), "--target", "love", "--target", "lord",
+        "contexts": ["--text-file", str(corpus), "--target", "love", "--target", "lord",
                      "--window", "10", "--max-per-target", "20"],
         "lens": ["--text", "ROMEO: what light"],
         "pathlength": ["--text", "the cat sat on the mat and looked at the moon"],

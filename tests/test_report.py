@@ -212,7 +212,7 @@ def test_bad_input_is_one_lamina_error(tmp_path) -> None:
               "Unknown --section nope")
     cli_fails(["report", "--model", "x", "--head", "3", "--out", tmp_path / "o"], "LAYER.HEAD")
     cli_fails(["report", "--model", "x", "--out", tmp_path / "file"], "is a file")
-    cli_fails(["report", "--model", "x", "--corpus", tmp_path / "none.txt",
+    cli_fails(["report", "--model", "x", "--text-file", tmp_path / "none.txt",
                "--out", tmp_path / "o"], "No such text file")
 
 

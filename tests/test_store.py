@@ -149,7 +149,7 @@ def test_cli_collect_substrings(tmp_path: Path) -> None:
     store = lstore.open(tmp_path / "st")
     assert store.complete and store.strings == lstore.substrings(text.read_text(), 6).strings
     missing = CliRunner().invoke(app, ["collect", "--out", str(tmp_path / "x")])
-    assert missing.exit_code == 2 and "--corpus" in missing.output
+    assert missing.exit_code == 2 and "--lines" in missing.output
 
 
 @pytest.mark.parametrize(("values", "dtype", "finite"), [

@@ -72,7 +72,7 @@ def test_second_writer_is_refused_while_the_first_runs(model_dir: Path, healthy:
                                      progress=False),
               "being written by another collect", f"pid {first.pid}", exc=StoreLockedError)
     corpus = write_lines(tmp_path, LINES, "corpus.txt")
-    cli_fails(["collect", "--model", model_dir, "--corpus", corpus, "--site", SITES[0],
+    cli_fails(["collect", "--model", model_dir, "--lines", corpus, "--site", SITES[0],
                "--site", SITES[1], "--out", out], f"pid {first.pid}")
     assert first.poll() is None and manifest(out)["shards"] == []  # still held
     hold.unlink()
@@ -165,7 +165,7 @@ def test_resume_refuses_a_retrained_model(tmp_path: Path) -> None:
     api_fails(lambda: lstore.collect(str(model_dir), LINES[:16], SITES, tmp_path / "s",
                                      progress=False),
               "another model", "weights or config differ", "out\\b", exc=StoreError)
-    cli_fails(["collect", "--model", model_dir, "--corpus", write_lines(tmp_path, LINES[:16]),
+    cli_fails(["collect", "--model", model_dir, "--lines", write_lines(tmp_path, LINES[:16]),
                "--site", SITES[0], "--site", SITES[1], "--out", tmp_path / "s"],
               "another model", "--out")
     with pytest.raises(StoreError, match="holds activations of"):
@@ -291,17 +291,17 @@ def test_collect_bad_input_cli(tmp_path: Path, model_dir: Path) -> None:
     base = ["collect", "--model", "no/such-model-anywhere", "--site", "hidden.1"]
     out = ["--out", tmp_path / "o"]
     cases = [
-        ([*base, "--corpus", _latin1(tmp_path), *out], "not UTF-8", "--corpus"),
+        ([*base, "--lines", _latin1(tmp_path), *out], "not UTF-8", "--lines"),
         ([*base, "--substrings", "3", "--text-file", _latin1(tmp_path), *out], "not UTF-8",
          "--text-file"),
-        ([*base, "--corpus", good, "--out", good], "is a file", "--out"),
-        ([*base, "--corpus", good, "--dtype", "int8", *out], "--dtype", "int8"),
-        ([*base, "--corpus", good, "--positions", "1.5", *out], "--positions", "1.5"),
-        ([*base, "--corpus", good, "--positions", "all", *out], "one position"),
-        ([*base, "--corpus", good, "--shard-rows", "0", *out], "--shard-rows"),
+        ([*base, "--lines", good, "--out", good], "is a file", "--out"),
+        ([*base, "--lines", good, "--dtype", "int8", *out], "--dtype", "int8"),
+        ([*base, "--lines", good, "--positions", "1.5", *out], "--positions", "1.5"),
+        ([*base, "--lines", good, "--positions", "all", *out], "one position"),
+        ([*base, "--lines", good, "--shard-rows", "0", *out], "--shard-rows"),
         ([*base, "--substrings", "0", "--text-file", good, *out], "--substrings"),
         ([*base, "--substrings", "3", *out], "--text-file"),
-        ([*base, *out], "--corpus"),
+        ([*base, *out], "--lines"),
         (["verify", good], "not an activation store"),
     ]
     for args, *needles in cases:  # all before the (unloadable) model is touched
@@ -312,7 +312,7 @@ def test_collect_bad_input_cli(tmp_path: Path, model_dir: Path) -> None:
 def test_collect_into_read_only_directory(tmp_path: Path, model_dir: Path) -> None:
     tmp_path.chmod(0o500)
     try:
-        cli_fails(["collect", "--corpus", write_lines(tmp_path.parent, ["a"]), "--out",
+        cli_fails(["collect", "--lines", write_lines(tmp_path.parent, ["a"]), "--out",
                    tmp_path / "o"], "not writable", "--out")
     finally:
         tmp_path.chmod(0o700)

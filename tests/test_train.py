@@ -129,14 +129,14 @@ def test_cli_train_and_generate(tmp_path: Path) -> None:
     corpus.write_text(TEXT)
     out = tmp_path / "model"
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--corpus", str(corpus), "--out", str(out),
+    result = runner.invoke(app, ["train", "--text-file", str(corpus), "--out", str(out),
                                  "--preset", "tiny", "--steps", "10"])
     assert result.exit_code == 0, result.output
-    assert "lamina train --corpus" in (out / "MODEL_CARD.md").read_text()
+    assert "lamina train --text-file" in (out / "MODEL_CARD.md").read_text()
     result = runner.invoke(app, ["generate", "--model", str(out), "--prompt", "KING", "-n", "20",
                                  "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("KING") and len(result.output.rstrip("\n")) >= 24
+    assert result.stdout.startswith("KING") and len(result.stdout.rstrip("\n")) >= 24
 
 
 def _weights_equal(a: Path, b: Path) -> None:
@@ -150,7 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path: Path)
     text_file = tmp_path / "text.txt"
     text_file.write_text(TEXT)
     out = tmp_path / "model"
-    args = ["train", "--corpus", text_file, "--out", out, "--preset", "tiny"]
+    args = ["train", "--text-file", text_file, "--out", out, "--preset", "tiny"]
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from lamina.cli import main; sys.exit(main())",
          *map(str, args), "--steps", "1000000"], stderr=subprocess.PIPE, text=True)
@@ -213,7 +213,7 @@ def test_model_card_escapes_the_recorded_command(tmp_path: Path,
     corpus = tmp_path / "c`<img src=x onerror=alert(1)>|x``.txt"
     corpus.write_text(TEXT[:5000])
     out = tmp_path / "model"
-    cli_ok(["train", "--corpus", corpus, "--out", out, "--preset", "tiny", "--steps", "2"])
+    cli_ok(["train", "--text-file", corpus, "--out", out, "--preset", "tiny", "--steps", "2"])
     card = (out / "MODEL_CARD.md").read_text()
     html = MarkdownIt("commonmark").enable("table").render(card)
     # the only image is the loss curve; the corpus name's tag is shown as text
@@ -224,7 +224,7 @@ def test_model_card_escapes_the_recorded_command(tmp_path: Path,
     assert all(len(re.findall(r"<t[dh]>", row)) == 2 for row in rows)
     code = re.search(r"<td><code>(lamina train.*?)</code></td>", html, re.S)
     assert code and __import__("html").unescape(code.group(1)) == shlex.join(
-        ["lamina", "train", "--corpus", str(corpus), "--out", str(out), "--preset", "tiny",
+        ["lamina", "train", "--text-file", str(corpus), "--out", str(out), "--preset", "tiny",
          "--steps=2"])
 
 

@@ -27,4 +27,22 @@ def report(models: Any, out: Any = None, **options: Any) -> Any:
     return _report(models, out, **options)
 
 
+#: Subpackages loaded on first attribute access (``lamina.store.open(...)`` after a bare
+#: ``import lamina``), so that ``import lamina`` itself stays fast.
+_LAZY = ("analyses", "similarity", "store", "sampling", "train", "atlas")
+
+
+def __getattr__(name: str) -> Any:
+    """Import a subpackage of :data:`_LAZY` on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"lamina.{name}")
+    raise AttributeError(f"module 'lamina' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = ["Activations", "BUILTINS", "LaminaError", "Model", "__version__", "load", "report"]

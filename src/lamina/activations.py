@@ -2,9 +2,10 @@
 
 ``acts[site]`` is a tensor ``[n_inputs, ...]``: ``[n_inputs, d]`` (or ``[n_inputs, n_heads,
 d_head]`` for per-head sites) when one position per input was captured, ``[n_inputs, seq, ...]``
-for all positions, right-aligned (real tokens first, whatever the tokenizer's padding side) with
-``acts.mask`` marking real tokens and zeros elsewhere. A ``module:`` site without a sequence
-axis (listed in ``acts.meta["no_sequence_axis"]``) is ``[n_inputs, ...]`` whatever the positions.
+for all positions, real tokens first and padding after (whatever the tokenizer's padding side),
+with ``acts.mask`` marking real tokens and zeros at the padding. A ``module:`` site without a
+sequence axis (listed in ``acts.meta["no_sequence_axis"]``) is ``[n_inputs, ...]`` whatever the
+positions.
 
 The same read interface (``sites``, ``acts[site]`` with ``.shape`` and row slicing, ``strings``,
 ``len``, :meth:`iter_blocks`) is what an on-disk activation store offers, so analyses accept

@@ -73,7 +73,7 @@ def _batch_major(t: torch.Tensor, n: int, width: int) -> torch.Tensor:
 
 def _select(t: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """``[B, S, ...]`` in padded layout -> ``[B, ...]`` at the picks, or ``[B, S, ...]``
-    right-aligned with zeros beyond each input's length."""
+    with real tokens first and padding after (zeros beyond each input's length)."""
     n = len(batch.rows)
     t = _batch_major(t, n, batch.width)
     if t.ndim < 2 or t.shape[0] != n or t.shape[1] != batch.width:

@@ -7,6 +7,7 @@ its tables, figures and ``summary.json`` to ``--out`` when given.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from lamina.cli_format import (
+    CATEGORY_COLUMNS,
+    CONTEXT_COLUMNS,
+    PATHLENGTH_COLUMNS,
+    _old,
+    number,
+    renamed,
+)
+from lamina.cli_format import print_frame as _print_frame
 from lamina.errors import LaminaError
 
 app = typer.Typer(
@@ -46,10 +56,9 @@ OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Directory for the outputs (replaced as a whole).", callback=_check_out)]
 TruncateOpt = Annotated[bool, typer.Option(
     help="Cut a text longer than the model's context to its first tokens (with a warning).")]
-TextsOpt = Annotated[
-    Path | None, typer.Option("--texts", help="Text file, one input per line.")
+LinesOpt = Annotated[
+    Path | None, typer.Option("--lines", help="Text file, one input per line.")
 ]
-
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn lamina's input errors into a one-line message (in the CLI's words) and exit 2."""
@@ -57,10 +66,21 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if writes_out:
+                from lamina.results import check_formats
+
+                _FORMATS[0] = check_formats(kwargs.pop("figure_format", None) or ["png"])
             return fn(*args, **kwargs)
         except LaminaError as err:
             fail(err.cli_message)
 
+    writes_out = fn.__annotations__.get("out") in ("OutOpt", OutOpt)
+    if writes_out:  # a command that writes --out also takes --format (read by _save)
+        sig = inspect.signature(fn, eval_str=True)
+        extra = inspect.Parameter("figure_format", inspect.Parameter.KEYWORD_ONLY,
+                                  default=None, annotation=FormatOpt)
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[*sig.parameters.values(), extra])
     return wrapper
 
 
@@ -70,23 +90,21 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _print_frame(frame: Any, columns: list[str] | None = None) -> None:
-    import pandas as pd
-
-    with pd.option_context("display.max_rows", 200, "display.width", 120,
-                           "display.float_format", "{:.4f}".format):
-        typer.echo(frame[columns] if columns else frame)
-
-
 def _positions(value: str) -> str | int:
     """A --positions option: 'last', 'first', 'all' or an int."""
     return int(value) if value.lstrip("-").isdigit() else value
 
 
+FormatOpt = Annotated[list[str] | None, typer.Option(
+    "--format", help="Figure format with --out: png, svg or pdf (repeatable; default png).")]
+_FORMATS: list[tuple[str, ...]] = [("png",)]  # this run's --format, set by _friendly
+
+
 def _save(result: Any, out: Path | None) -> None:
-    """Write a result's tables, figures and summary.json when --out was given."""
+    """Write a result's tables, figures (in each --format) and summary.json when --out was
+    given."""
     if out:
-        typer.echo(f"wrote {result.save(out)}")
+        typer.echo(f"wrote {result.save(out, formats=_FORMATS[0])}")
 
 
 @app.command()
@@ -97,8 +115,10 @@ def sites(
         help="List every submodule path instead (capture one with --site module:PATH).")
     ] = False,
 ) -> None:
-    """List the model's canonical site names and its shape facts."""
+    """List the model's canonical site names, each with its shape for one position per text
+    (``[n, d_model]``, or ``[n, heads, d_head]`` per head)."""
     import lamina
+    from lamina.sites import site_shape
 
     m = lamina.load(model)
     typer.echo(repr(m))
@@ -107,15 +127,18 @@ def sites(
             if name:
                 typer.echo(f"module:{name}  ({type(module).__name__})")
         return
+    width = max(map(len, m.sites))
     for name in m.sites:
-        typer.echo(name)
+        shape = ", ".join(map(str, ("n", *site_shape(name, m.dims))))
+        typer.echo(f"{name:<{width}}  [{shape}]")
 
 
 @app.command()
 @_friendly
 def norms(
     model: ModelOpt = "minilm",
-    texts: TextsOpt = None,
+    lines: LinesOpt = None,
+    texts: Annotated[Path | None, _old("--texts")] = None,
     site: SitesOpt = None,
     positions: Annotated[str, typer.Option(help="last, first, all or an int.")] = "last",
     store: Annotated[Path | None, typer.Option(
@@ -132,6 +155,7 @@ def norms(
     from lamina.corpus import read_lines
     from lamina.store import open as open_store
 
+    lines, option = renamed(lines, texts, "--lines", "--texts")
     if store is not None:
         result = norms_of(open_store(store), allow_partial=partial)
         if result.meta["partial"]:
@@ -140,7 +164,7 @@ def norms(
     else:
         result = run(
             lamina.load(model),
-            read_lines(texts, option="--texts") if texts else None,
+            read_lines(lines, option=option) if lines else None,
             sites=site or ["hidden.*"],
             positions=_positions(positions),
             truncate=truncate,
@@ -153,8 +177,9 @@ def norms(
 @app.command()
 @_friendly
 def capture(
-    texts: Annotated[Path, typer.Option("--texts", help="Text file, one input per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    lines: LinesOpt = None,
+    texts: Annotated[Path | None, _old("--texts")] = None,
     model: ModelOpt = "minilm",
     site: SitesOpt = None,
     positions: str = "last",
@@ -170,14 +195,17 @@ def capture(
     from lamina.loading import parse_dtype
     from lamina.outputs import check_output_file
 
+    lines, option = renamed(lines, texts, "--lines", "--texts")
+    if lines is None:
+        raise LaminaError("Missing option '--lines' (a text file, one input per line).")
     path = check_output_file(safetensors_path(out), option="--out")  # all checked before work
-    lines = read_lines(texts, option="--texts")
+    inputs = read_lines(lines, option=option)
     chosen = _positions(positions)
     check_positions(chosen)
     check_batch_size(batch_size)
     parse_dtype(dtype)
     acts = lamina.load(model).collect(
-        lines, site or ["hidden.*"], positions=chosen, truncate=truncate,
+        inputs, site or ["hidden.*"], positions=chosen, truncate=truncate,
         batch_size=batch_size, dtype=dtype, progress=True,
     )
     typer.echo(f"{acts!r}\nwrote {acts.save(path)}")
@@ -217,8 +245,10 @@ def lens(
     result = run(model, _text(text), sublayers=sublayers, truncate=truncate)
     frame = result.to_frame()
     last = frame[frame["position"] == frame["position"].max() - 1]
-    _print_frame(last, ["label", "token", "next_token", "top_token", "top_prob",
-                        "next_token_prob", "next_token_rank"])
+    typer.echo(f"position {last['position'].iloc[0]}: {last['token'].iloc[0]!r}, next token "
+               f"{last['next_token'].iloc[0]!r}")
+    _print_frame(last, {"label": "layer", "top_token": "top_token", "top_prob": "top_prob",
+                        "next_token_prob": "next_prob", "next_token_rank": "next_rank"})
     _save(result, out)
 
 
@@ -235,7 +265,7 @@ def pathlength(
     from lamina.analyses import pathlength as run
 
     result = run({m: m for m in model}, _text(text), sites=sites, truncate=truncate)
-    _print_frame(result.summary.drop(columns="correlation_note"))
+    _print_frame(result.summary, PATHLENGTH_COLUMNS, width=20)
     for note in result.notes():
         typer.echo(f"note: {note}")
     _save(result, out)
@@ -269,7 +299,8 @@ def embeddings(
     s = result.summary
     for key in ("n_tokens", "n_pairs", "mean", "std", "min", "max", "n_unused",
                 "unused_unique_values", "n_duplicate_groups"):
-        typer.echo(f"{key:>22}: {s[key]}")
+        value = s[key]
+        typer.echo(f"{key:>22}: {number(value) if isinstance(value, float) else value}")
     _save(result, out)
 
 
@@ -294,9 +325,7 @@ def categories(
         _readable(words, "--words")
     result = run(model, str(words) if words else None, template=template,
                  sites=site or ["hidden.*"], pooling=pooling, permutations=permutations)
-    _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
-                                     "t_welch", "cohens_d", "p_permutation", "centred_delta",
-                                     "baseline_mean"])
+    _print_frame(result.to_frame(), CATEGORY_COLUMNS)
     for note in result.summary["notes"]:
         typer.echo(f"note: {note}")
     _save(result, out)
@@ -305,8 +334,10 @@ def categories(
 @app.command()
 @_friendly
 def contexts(
-    corpus: Annotated[Path, typer.Option(help="Text file to search.")],
     target: Annotated[list[str], typer.Option("--target", help="Target word (repeatable).")],
+    text_file: Annotated[Path | None, typer.Option(
+        "--text-file", help="Running text (a UTF-8 file) to search for the targets.")] = None,
+    corpus: Annotated[Path | None, _old("--corpus")] = None,
     model: ModelOpt = "minilm",
     window: int = 50,
     max_per_target: int = 1000,
@@ -318,12 +349,14 @@ def contexts(
     """Same word in different contexts: within- vs across-word similarity per layer."""
     from lamina.analyses import contexts as run
 
-    _readable(corpus, "--corpus")
-    result = run(model, corpus, target, window=window, max_per_target=max_per_target,
+    text_file, option = renamed(text_file, corpus, "--text-file", "--corpus")
+    if text_file is None:
+        raise LaminaError("Missing option '--text-file' (running text to search).")
+    _readable(text_file, option)
+    result = run(model, text_file, target, window=window, max_per_target=max_per_target,
                  seed=seed, sites=site or ["hidden.*"], permutations=permutations)
     _print_frame(result.counts)
-    _print_frame(result.to_frame(), ["site", "within_mean", "across_mean", "delta", "t",
-                                     "cohens_d", "centred_delta", "baseline_mean"])
+    _print_frame(result.to_frame(), CATEGORY_COLUMNS if permutations else CONTEXT_COLUMNS)
     for note in result.summary["notes"]:
         typer.echo(f"note: {note}")
     _save(result, out)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli import _friendly, _readable, app, fail
+from lamina.cli_format import _old, renamed
 from lamina.errors import LaminaError
 
 
@@ -40,12 +41,14 @@ def report(
         "section; replaced as a whole).", callback=_check_report_out)],
     model: Annotated[list[str], typer.Option(
         "--model", "-m", help="Built-in name, directory or hub id (repeatable).")],
-    corpus: Annotated[Path | None, typer.Option(
-        help="Running text (UTF-8 file) for contexts and the inputs (default: the shipped "
-             "TinyShakespeare).")] = None,
-    texts: Annotated[Path | None, typer.Option(
-        "--texts", help="Text file, one input per line (default: lines of the corpus).")
+    text_file: Annotated[Path | None, typer.Option(
+        "--text-file", help="Running text (UTF-8 file) for contexts and the inputs (default: "
+        "the shipped TinyShakespeare).")] = None,
+    lines: Annotated[Path | None, typer.Option(
+        "--lines", help="Text file, one input per line (default: lines of --text-file).")
     ] = None,
+    corpus: Annotated[Path | None, _old("--corpus")] = None,
+    texts: Annotated[Path | None, _old("--texts")] = None,
     words: Annotated[Path | None, typer.Option(
         help="Categories word list, CSV with columns label,word (default built in).")] = None,
     target: Annotated[list[str] | None, typer.Option(
@@ -65,11 +68,13 @@ def report(
     from lamina.corpus import read_lines, read_text_file
 
     heads = [parse_head(h) for h in head] if head else None
-    text = read_text_file(corpus, option="--corpus") if corpus is not None else None
-    lines = read_lines(texts, option="--texts") if texts is not None else None
+    text_file, text_option = renamed(text_file, corpus, "--text-file", "--corpus")
+    lines, lines_option = renamed(lines, texts, "--lines", "--texts")
+    text = read_text_file(text_file, option=text_option) if text_file is not None else None
+    inputs = read_lines(lines, option=lines_option) if lines is not None else None
     if words is not None:
         _readable(words, "--words")
-    rep = build(model, corpus=text, texts=lines, words=str(words) if words else None,
+    rep = build(model, corpus=text, texts=inputs, words=str(words) if words else None,
                 targets=target, heads=heads, sections=section, quick=quick, seed=seed,
                 progress=progress)
     index = rep.save(out)

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from lamina.cli import ModelOpt, OutOpt, SitesOpt, _friendly, _positions, _print_frame, _save, app
+from lamina.cli import (
+    LinesOpt,
+    ModelOpt,
+    OutOpt,
+    SitesOpt,
+    _friendly,
+    _positions,
+    _print_frame,
+    _save,
+    app,
+)
+from lamina.cli_format import _old, renamed
 from lamina.errors import LaminaError
 
 
@@ -17,10 +28,12 @@ from lamina.errors import LaminaError
 def collect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Store directory (resumed if present).")],
     model: ModelOpt = "minilm",
-    corpus: Annotated[Path | None, typer.Option(help="Text file, one string per line.")] = None,
+    lines: LinesOpt = None,
+    corpus: Annotated[Path | None, _old("--corpus")] = None,
     substrings: Annotated[int | None, typer.Option(
         help="Instead of lines: all unique substrings of this length of --text-file.")] = None,
-    text_file: Annotated[Path | None, typer.Option(help="Text for --substrings.")] = None,
+    text_file: Annotated[Path | None, typer.Option(
+        help="Running text (a UTF-8 file) for --substrings.")] = None,
     site: SitesOpt = None,
     positions: str = "last",
     dtype: str = "float32",
@@ -29,7 +42,7 @@ def collect(
         help="Rows per shard (default: about 256 MiB per shard; a resume keeps the store's)."
     )] = None,
 ) -> None:
-    """Capture sites for a corpus into an on-disk store (safetensors shards + manifest).
+    """Capture sites for the lines of a text file into an on-disk store (safetensors shards).
 
     Running it again on the same --out resumes an interrupted collect; one collect writes a
     store at a time."""
@@ -38,19 +51,20 @@ def collect(
     from lamina.outputs import check_output_dir
     from lamina.store.lock import LOCK
 
+    lines, option = renamed(lines, corpus, "--lines", "--corpus")
     check_output_dir(out, option="--out", marker=("manifest.json", LOCK))
     if substrings is not None:
-        if text_file is None or corpus is not None:
-            raise LaminaError("--substrings needs --text-file FILE (and no --corpus).")
+        if text_file is None or lines is not None:
+            raise LaminaError(f"--substrings needs --text-file FILE (and no {option}).")
         source: object = store.substrings(read_text_file(text_file, option="--text-file"),
                                           substrings)
-    elif corpus is not None:
+    elif lines is not None:
         if text_file is not None:
-            raise LaminaError("--text-file goes with --substrings N; with --corpus, leave it "
+            raise LaminaError(f"--text-file goes with --substrings N; with {option}, leave it "
                               "out.")
-        source = read_lines(corpus, option="--corpus")
+        source = read_lines(lines, option=option)
     else:
-        raise LaminaError("Give --corpus FILE, or --substrings N with --text-file FILE.")
+        raise LaminaError("Give --lines FILE, or --substrings N with --text-file FILE.")
     result = store.collect(
         model, source, site or ["hidden.*"], out,
         positions=_positions(positions),
@@ -89,13 +103,49 @@ def _note_partial(meta: dict[str, Any]) -> None:
                    "(its collect has not finished)")
 
 
+def stored_sites(stored: list[str], patterns: list[str]) -> list[str]:
+    """Expand site names, short forms and globs against a store's sites, in stored order; a
+    pattern that matches none is an error listing the stored sites."""
+    import fnmatch
+
+    from lamina.sites import _expand_short
+
+    chosen: set[str] = set()
+    for raw in patterns:
+        pattern = _expand_short(raw)
+        hits = [name for name in stored if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            raise LaminaError(f"--site {raw!r} matches no stored site; this store holds: "
+                              f"{', '.join(stored)}.")
+        chosen.update(hits)
+    return [name for name in stored if name in chosen]
+
+
+def _store_model(store: Any, model: str | None) -> Any:
+    """``--model`` when given, else the model the store's manifest names (loaded), or an error
+    that asks for ``--model``."""
+    import lamina
+
+    if model is not None:
+        return model
+    name = store.manifest["model"]
+    try:
+        return lamina.load(name)
+    except LaminaError as err:
+        raise LaminaError(f"This store was collected from {name!r}, which cannot be loaded "
+                          f"here ({err.cli_message.rstrip('.')}): give --model.") from None
+
+
 @app.command()
 @_friendly
 def similar(
     store: Annotated[Path, typer.Option(help="Activation store directory.")],
     query: Annotated[list[str], typer.Option("--query", "-q", help="Query string (repeatable).")],
-    site: Annotated[list[str], typer.Option("--site", "-s", help="Stored site (repeatable).")],
-    model: ModelOpt = "minilm",
+    site: Annotated[list[str], typer.Option(
+        "--site", "-s", help="Stored site, glob or short form (repeatable).")],
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="The store's model (default: the one its manifest names).")
+    ] = None,
     k: int = 10,
     threshold: float | None = None,
     metric: str = "cosine",
@@ -106,7 +156,9 @@ def similar(
     from lamina import store as lstore
     from lamina.analyses import similar_strings
 
-    result = similar_strings(model, lstore.open(store), query, site=site, k=k,
+    opened = lstore.open(store)
+    result = similar_strings(_store_model(opened, model), opened, query,
+                             site=stored_sites(opened.sites, site), k=k,
                              threshold=threshold, metric=metric, allow_partial=partial)
     _note_partial(result.meta)
     _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])

@@ -9,13 +9,17 @@ from typing import Annotated
 import typer
 
 from lamina.cli import ModelOpt, _friendly, app
+from lamina.cli_format import _old, renamed
+from lamina.errors import LaminaError
 
 
 @app.command()
 @_friendly
 def train(
-    corpus: Annotated[Path, typer.Option("--corpus", help="Training text file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model directory.")],
+    text_file: Annotated[Path | None, typer.Option(
+        "--text-file", help="Training text (a UTF-8 file, read as a whole).")] = None,
+    corpus: Annotated[Path | None, _old("--corpus")] = None,
     preset: Annotated[str, typer.Option(help="seed (the notebook's model), small, tiny.")] = "seed",
     steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: auto).")] = None,
@@ -30,9 +34,12 @@ def train(
     from lamina.outputs import check_output_dir
     from lamina.train import EXPORT_MARKERS, TrainingInterrupted, train_char_lm
 
+    text_file, option = renamed(text_file, corpus, "--text-file", "--corpus")
+    if text_file is None:
+        raise LaminaError("Missing option '--text-file' (the training text).")
     check_output_dir(out, option="--out", marker=EXPORT_MARKERS)
-    text = read_text_file(corpus, option="--corpus")
-    command = shlex.join(["lamina", "train", "--corpus", str(corpus), "--out", str(out),
+    text = read_text_file(text_file, option=option)
+    command = shlex.join(["lamina", "train", "--text-file", str(text_file), "--out", str(out),
                           "--preset", preset, *(f"--{k}={v}" for k, v in {
                               "steps": steps, "device": device, "seed": seed}.items()
                               if v is not None)])
@@ -55,8 +62,11 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
-    """Sample a continuation of a prompt (seeded, with temperature)."""
+    """Sample a continuation of a prompt (seeded, with temperature), reusing the key/value
+    cache; the text is printed on stdout."""
     from lamina.sampling import generate as run
 
-    typer.echo(run(model, prompt, n, temperature=temperature, top_k=top_k, seed=seed))
+    typer.echo(run(model, prompt, n, temperature=temperature, top_k=top_k, seed=seed,
+                   progress=progress))

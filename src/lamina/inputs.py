@@ -118,7 +118,7 @@ def tokenize(model: Model, inputs: Any, *, truncate: bool = False) -> list[list[
     items = _as_list(inputs)
     if not items:
         raise LaminaError("No inputs were given: pass a non-empty list of strings or token ids.",
-                          cli="No inputs were given: --texts has no lines.")
+                          cli="No inputs were given: --lines has no lines.")
     kinds = {isinstance(x, str) for x in items}
     if kinds == {True, False}:
         raise LaminaError("Inputs mix strings and token ids: pass one kind only.")

@@ -83,6 +83,17 @@ def layer_of(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def site_shape(name: str, dims: Dims) -> tuple[int, ...]:
+    """Shape of one position's vector at canonical site ``name``, from the model's dims:
+    ``(n_heads or n_kv_heads, d_head)`` per head (k/v of grouped-query attention have
+    ``n_kv_heads``), else ``(d_model,)``."""
+    if name.endswith(("attn.hook_k", "attn.hook_v")):
+        return (dims.n_kv_heads, dims.d_head)
+    if name.endswith(PER_HEAD):
+        return (dims.n_heads, dims.d_head)
+    return (dims.d_model,)
+
+
 def _prefixed(prefix: str, point: HookPoint) -> HookPoint:
     path = f"{prefix}.{point.module}" if prefix else point.module
     return HookPoint(path, point.side, point.transform)

@@ -244,7 +244,7 @@ def _resume(ckpt: Path, model: Any, opt: torch.optim.Optimizer, cfg: TrainConfig
         raise LaminaError(f"{ckpt} belongs to a run with other settings or another text: use "
                           "another out, or delete it to start over.",
                           cli=f"{ckpt} belongs to a run with other settings or another "
-                          "--corpus: use another --out, or delete it to start over.")
+                          "--text-file: use another --out, or delete it to start over.")
     try:
         step, log = _load_checkpoint(ckpt, model, opt)
     except Exception as err:  # safetensors/torch errors on a damaged file
@@ -319,7 +319,7 @@ def train_char_lm(
             f"The text is too short for a context of {cfg.block_size}: its last 10% (the "
             f"validation part) has {len(val)} characters. Give at least {need} "
             f"characters{shorter[0]}.",
-            cli=f"The --corpus is too short for a context of {cfg.block_size}: give at least "
+            cli=f"The --text-file is too short for a context of {cfg.block_size}: give at least "
             f"{need} characters{shorter[1]}.")
     autocast = (device == "cpu") if autocast is None else autocast
     from transformers import GPT2LMHeadModel

@@ -54,30 +54,49 @@ class AlignmentResult(Result):
         return {"alignment_summary": self.summary, "alignment_vocab": vocab}
 
     def plot(self, **kwargs: Any) -> Any:
+        """Small multiples: the vocabulary sweep, then one panel per key position, each
+        histogram on an x range fitted to its data (positions share one range)."""
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
-        fig, axs = plt.subplots(1, 2, figsize=(12, 4))
-        bins = np.linspace(-1, 1, 81)
-        axs[0].hist(self.vocab_cosines, bins=bins, alpha=0.7, label="key at position 0")
+        from lamina.plotting import fitted_range
+
+        n = 1 + len(self.position_cosines)
+        cols = min(n, 3)
+        rows = -(-n // cols)
+        fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        flat = list(axs.ravel())
+        vocab = [self.vocab_cosines, *self.key_side.values()]
+        lo, hi = fitted_range(*vocab)
+        ax = flat[0]
+        ax.hist(self.vocab_cosines, bins=np.linspace(lo, hi, 61), alpha=0.7,
+                label="key at position 0")
         for name, values in self.key_side.items():
-            axs[0].hist(values, bins=bins, alpha=0.4, label=f"{name} @ W_K")
-        axs[0].set(xlabel="cosine with query vector", ylabel="tokens",
-                   title="A) Whole vocabulary, each token alone")
-        axs[0].legend(fontsize=8)
-        for p, values in self.position_cosines.items():
-            axs[1].hist(values, bins=bins, alpha=0.6, label=f"position {p}")
-        if "key_position_0" in self.bos:
-            axs[1].axvline(self.bos["key_position_0"], color="k", linestyle="--",
+            ax.hist(values[np.isfinite(values)], bins=np.linspace(lo, hi, 61), alpha=0.4,
+                    histtype="stepfilled", label=f"{name} @ W_K")
+        ax.set(xlim=(lo, hi), xlabel="cosine with query vector", ylabel="tokens",
+               title=f"Vocabulary, each token alone\nx range {lo:.4f} to {hi:.4f}")
+        ax.legend(fontsize=7)
+        plo, phi = fitted_range(*self.position_cosines.values(),
+                                [self.bos.get("key_position_0", np.nan)])
+        for ax, (p, values) in zip(flat[1:], self.position_cosines.items(), strict=False):
+            ax.hist(values, bins=np.linspace(plo, phi, 41), color="C1", alpha=0.8)
+            if p == 0 and "key_position_0" in self.bos:
+                ax.axvline(self.bos["key_position_0"], color="k", linestyle="--",
                            label="BOS key at 0")
-        axs[1].set(xlabel="cosine with query vector", ylabel="sequences",
-                   title="B) Keys in random sequences, by position")
-        axs[1].legend(fontsize=8)
+                ax.legend(fontsize=7)
+            ax.set(xlim=(plo, phi), xlabel="cosine with query vector", ylabel="sequences",
+                   title=f"Key position {p} (mean {values.mean():.4f})\n"
+                         f"x range {plo:.4f} to {phi:.4f}")
+        for ax in flat[:n]:
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+        for ax in flat[n:]:
+            ax.set_visible(False)
         m = self.meta
         fig.suptitle(f"{m.get('model', '')}: head {m.get('layer')}.{m.get('head')}, "
-                     f"query = {m.get('query')}")
+                     f"query = {m.get('query')} (x axes fitted to the data)")
         fig.tight_layout()
         return fig
-
 
 def _query_vector(model: Model, layer: int, head: int, query: Any) -> tuple[torch.Tensor, str]:
     hw = head_weights(model, layer)

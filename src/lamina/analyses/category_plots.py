@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lamina.plotting import integer_axis
+
 
 def plot_laminar(table: pd.DataFrame, model: str = "") -> Any:
     """Within and across means per layer (with Δ), Δ, t, and Δ vs t."""
@@ -77,6 +79,7 @@ def plot_layer(vectors: torch.Tensor, labels: np.ndarray, site: str, row: pd.Ser
     axs[2].set(ylim=(0, None), xlabel="Cosine similarity", ylabel="Density",
                title=f"C) Δ = {row['delta']:.3f}, t = {row['t']:.2f}")
     axs[2].legend()
+    integer_axis(axs[0], axs[1], which="both")
     fig.tight_layout()
     return fig
 

@@ -61,26 +61,69 @@ class ContextsResult(Result):
         return out
 
     def plot(self, **kwargs: Any) -> Any:
-        """The tornado figure: layer x similarity-bin heat maps, probability per layer."""
+        """The tornado figure: layer x similarity-bin heat maps (probability per layer, one
+        colour scale for every panel), then the word x word matrix of mean cosines between
+        occurrences at the middle layer."""
         import matplotlib.pyplot as plt
+        from matplotlib.colors import Normalize
 
         groups = self.groups()
         used = np.flatnonzero(sum(g.sum(0) for _, g in groups) > 0)
         lo, hi = (used.min(), used.max() + 1) if len(used) else (0, len(self.edges) - 1)
-        fig, axs = plt.subplots(1, len(groups), figsize=(4 * len(groups), 4), squeeze=False)
+        probs = [c[:, lo:hi] / np.maximum(c.sum(1, keepdims=True), 1) for _, c in groups]
+        positive = np.concatenate([p[p > 0] for p in probs])
+        norm = Normalize(0, float(np.percentile(positive, 95)) if len(positive) else 1.0)
+        fig, axs = plt.subplots(1, len(groups) + 1, figsize=(4 * len(groups) + 5, 4),
+                                squeeze=False, layout="constrained")
         n_layers = len(self.table)
-        for ax, (name, counts) in zip(axs[0], groups, strict=True):
-            prob = counts[:, lo:hi] / np.maximum(counts.sum(1, keepdims=True), 1)
-            vmax = float(np.percentile(prob[prob > 0], 95)) if (prob > 0).any() else 1.0
-            h = ax.imshow(prob, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=vmax,
+        for ax, (name, _), prob in zip(axs[0], groups, probs, strict=False):
+            h = ax.imshow(prob, aspect="auto", origin="lower", cmap="magma", norm=norm,
                           extent=[self.edges[lo], self.edges[hi], -0.5, n_layers - 0.5])
-            fig.colorbar(h, ax=ax, pad=0.02, label="probability")
             ax.set(xlabel="Cosine similarity", ylabel="Layer", title=name,
                    yticks=range(n_layers), yticklabels=list(self.table["layer"]))
+        fig.colorbar(h, ax=list(axs[0, :-1]), pad=0.01, label="probability (shared scale)")
+        self._plot_matrix(fig, axs[0, -1])
         fig.suptitle(f"Same word in context: similarity distributions by layer "
                      f"({self.meta.get('model', '')})")
-        fig.tight_layout()
         return fig
+
+    def word_matrix(self, layer: int | None = None) -> pd.DataFrame:
+        """Word x word mean cosine between occurrences at ``layer`` (default: the middle
+        one); the diagonal is the within-word mean."""
+        site = self._site(layer)
+        rows = self.pairs[self.pairs["site"] == site]
+        words = list(self.counts["word"])
+        out = pd.DataFrame(np.nan, index=words, columns=words)
+        for row in rows.itertuples():
+            out.loc[row.group_a, row.group_b] = out.loc[row.group_b, row.group_a] = row.mean
+        return out
+
+    def _site(self, layer: int | None) -> str:
+        sites = self.table["site"]
+        if layer is None:
+            return str(sites.iloc[len(sites) // 2])
+        match = self.table[self.table["layer"] == layer]
+        if match.empty:
+            raise LaminaError(f"layer {layer} is not among the result's layers "
+                              f"{list(self.table['layer'])}.")
+        return str(match["site"].iloc[0])
+
+    def _plot_matrix(self, fig: Any, ax: Any) -> None:
+        from lamina.plotting import token_label
+
+        matrix = self.word_matrix()
+        values = matrix.to_numpy(dtype=float)
+        h = ax.imshow(values, cmap="viridis")
+        labels = [token_label(w) for w in matrix.index]
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        if len(labels) <= 12:
+            mid = np.nanmean(values)
+            for i, j in np.ndindex(values.shape):
+                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                        color="black" if values[i, j] > mid else "white")
+        fig.colorbar(h, ax=ax, pad=0.01, label="mean cosine")
+        ax.set(title=f"Mean cosine between occurrences\n{self._site(None)}")
 
     def plot_layer(self, layer: int | None = None) -> Any:
         """Within- and across-word similarity densities of one layer."""
@@ -104,6 +147,15 @@ class ContextsResult(Result):
 
     def figures(self) -> dict[str, Any]:
         return {"contexts_tornado": self.plot(), "contexts_layer": self.plot_layer()}
+
+
+def fitted_range(acts: Any, margin: float = 0.02) -> tuple[float, float]:
+    """(low, high) holding every pair cosine of every site of ``acts``, widened by ``margin``
+    of the span (at least 1e-6) on each side."""
+    scans = [scan(acts[site].flatten(1), dtype="float64") for site in acts.sites]
+    lo, hi = min(r.min for r in scans), max(r.max for r in scans)
+    pad = max((hi - lo) * margin, 1e-6)
+    return float(lo - pad), float(hi + pad)
 
 
 def _corpus_ids(model: Model, corpus: str | Path) -> np.ndarray:
@@ -148,7 +200,7 @@ def occurrences(ids: np.ndarray, targets: Sequence[str], target_ids: Sequence[in
                     "occurrences with a full window before them: choose another word, check its "
                     "spelling and leading space (GPT-2 style tokenizers need ' word'), ")
             raise LaminaError(what + "use a smaller window or a longer corpus.",
-                              cli=what + "use a smaller --window or a longer --corpus.")
+                              cli=what + "use a smaller --window or a longer --text-file.")
         chosen = np.sort(rng.choice(usable, size=min(len(usable), max_per_target or len(usable)),
                                     replace=False))
         picks.append(chosen)
@@ -159,7 +211,7 @@ def occurrences(ids: np.ndarray, targets: Sequence[str], target_ids: Sequence[in
 
 def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
              window: int = 50, max_per_target: int | None = 1000, seed: int = 0,
-             sites: Any = ("hidden.*",), bins: int = 80, range: tuple[float, float] = (-1, 1),
+             sites: Any = ("hidden.*",), bins: int = 80, range: tuple[float, float] | None = None,
              permutations: int = 0, baseline: int = 200, batch_size: int = 64
              ) -> ContextsResult:
     """Same-word-in-context similarity per layer.
@@ -173,7 +225,9 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
             least 1 (with none, every occurrence of a word would be the same input).
         max_per_target: cap on occurrences per word (at least 2), sampled with ``seed``
             (None: all).
-        bins, range: the streamed histograms of pair similarities.
+        bins, range: the streamed histograms of pair similarities; ``range=None`` fits it
+            to the data: the smallest and largest pair cosine over every layer, plus 2% of
+            that span on each side (one range for all layers, so their rows compare).
         permutations: label permutations for ``p_permutation`` (0: skip).
         baseline: random corpus positions for the random-pair baseline (0: skip).
 
@@ -213,6 +267,8 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
                                   acts.sites, positions="last", batch_size=batch_size)
     rows, pairs, hists, notes = [], [], {}, []
     edges = None
+    if range is None:
+        range = fitted_range(acts)
     for site in acts.sites:
         x = acts[site].flatten(1)
         gs = noted_group_stats(x, labels, notes, bins=bins, range=range,
@@ -239,7 +295,8 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
                  "notes": notes},
         meta=model.describe(targets=list(targets), window=window,
                             max_per_target=max_per_target, seed=seed, bins=bins,
-                            range=list(range), permutations=permutations, baseline=baseline,
+                            range=[float(r) for r in range], permutations=permutations,
+                            baseline=baseline,
                             corpus=str(corpus) if isinstance(corpus, Path)
                             else f"<text of {len(corpus)} characters>"),
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lamina.plotting import token_label
+from lamina.plotting import every_nth, integer_axis, token_label
 
 
 def similarity_overview(result: Any) -> Any:
@@ -21,7 +21,8 @@ def similarity_overview(result: Any) -> Any:
     im = axs[0].imshow(sim, vmin=np.percentile(off, 1), vmax=np.percentile(off, 99),
                        cmap="plasma")
     fig.colorbar(im, ax=axs[0], pad=0.01, label="cosine")
-    axs[0].set(title=f"A) Cosine similarity, every {max(1, s['n_tokens'] // len(sim))}th token",
+    step = max(1, s["n_tokens"] // len(sim))
+    axs[0].set(title=f"A) Cosine similarity, {every_nth(step)}",
                xticks=[], yticks=[], xlabel="Tokens", ylabel="Tokens")
     centres = (h["bin_low"] + h["bin_high"]) / 2
     width = float(h["bin_high"].iloc[0] - h["bin_low"].iloc[0])
@@ -51,6 +52,7 @@ def matrix_heatmap(W: np.ndarray, ids: np.ndarray) -> Any:
     fig.colorbar(im, ax=ax, pad=0.01)
     ax.set(xlabel="Token index", ylabel="Embedding dimension",
            title=f"Embedding matrix ({len(ids)} evenly spaced tokens)")
+    integer_axis(ax, which="both")
     fig.tight_layout()
     return fig
 
@@ -95,6 +97,7 @@ def unused_tokens(mask: np.ndarray, summary: dict) -> Any:
            title=f"{n}/{len(mask)} ({100 * n / len(mask):.2f}%) unused tokens; their "
                  f"{n * (n - 1) // 2:,} pairs take {summary['unused_unique_values']} distinct "
                  "cosine values")
+    integer_axis(ax)
     fig.tight_layout()
     return fig
 
@@ -112,6 +115,7 @@ def probe(result: Any) -> Any:
     ax1.plot(b, "ko", markerfacecolor=(0.7, 0.9, 0.7, 0.5), markersize=4, label=w2)
     ax1.set(xlabel="Embedding dimension", ylabel="Value", title="Embeddings of two words")
     ax1.legend()
+    integer_axis(ax1)
     ax2.plot(a, b, "ko", markerfacecolor=(0.7, 0.7, 0.9, 0.5))
     ax2.set(xlabel=w1, ylabel=w2, title=f"cosine = {result.summary['probe']['cosine']:.3f}")
     fig.tight_layout()

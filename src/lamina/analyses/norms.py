@@ -39,6 +39,8 @@ class NormsResult(Result):
     def plot(self, **kwargs: Any) -> Any:
         import matplotlib.pyplot as plt
 
+        from lamina.plotting import integer_axis
+
         fig, axs = plt.subplots(1, 2, figsize=(11, 4))
         for kind, rows in self.table.groupby("kind", sort=False):
             x = rows["layer"].to_numpy()
@@ -51,6 +53,7 @@ class NormsResult(Result):
         axs[1].axhline(CV_LIMIT, color="k", linestyle=":", linewidth=0.8)
         for ax in axs:
             ax.legend(fontsize=8)
+        integer_axis(*axs)
         fig.suptitle(f"{self.meta.get('model', '')}: {self.summary.get('conclusion_short', '')}")
         fig.tight_layout()
         return fig

@@ -57,6 +57,9 @@ class PathLengthResult(Result):
         import matplotlib as mpl
         import matplotlib.pyplot as plt
 
+        from lamina.plotting import integer_axis
+
+        site_names = self.meta.get("sites", "hidden")
         names = list(self.table["model"].unique())
         has_logits = not self.targets.empty
         fig, axs = plt.subplots(2 if has_logits else 1, len(names), squeeze=False,
@@ -68,8 +71,9 @@ class PathLengthResult(Result):
             for pos in wide.columns[1:]:
                 axs[0, k].plot(wide.index, wide[pos], "s-", alpha=0.25, linewidth=0.5,
                                markersize=3, color=mpl.cm.plasma(pos / max(n_pos, 1)))
-            axs[0, k].set(title=f"{name}: cumulative path (line = token)", xlabel="Layer",
-                          ylabel="Cumulative path length")
+            axs[0, k].set(title=f"{name}, sites {site_names}: cumulative path (line = token)",
+                          xlabel=f"Layer ({site_names})", ylabel="Cumulative path length")
+            integer_axis(axs[0, k])
             if has_logits:
                 row = self.summary[self.summary["model"] == name].iloc[0]
                 used = self._final_steps(name)
@@ -77,8 +81,9 @@ class PathLengthResult(Result):
                                markerfacecolor=(0.9, 0.7, 0.7), alpha=0.6)
                 r, rho = row["pearson_r"], row["spearman_r"]
                 label = "no correlation" if np.isnan(r) else f"r = {r:.2f}, ρ = {rho:.2f}"
-                axs[1, k].set(title=f"{name} ({label})", xlabel="Next-token logit",
-                              ylabel="Path length at final layer")
+                axs[1, k].set(title=f"{name}, sites {site_names} ({label})",
+                              xlabel="Next-token logit",
+                              ylabel=f"Path length at final layer ({site_names})")
         fig.tight_layout()
         return fig
 

@@ -122,14 +122,14 @@ def _inputs(corpus: str | Path | None, texts: Sequence[str] | None, words: Any,
         text = text_of(corpus)
     if not text.strip():
         raise LaminaError("The corpus is empty: give running text (corpus=).",
-                          cli="The --corpus file is empty: give running text.")
+                          cli="The --text-file is empty: give running text.")
     if texts is None:
         n = QUICK_TEXTS if quick else N_TEXTS
         lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) >= 40][:n]
         texts = lines if len(lines) >= 2 else sample_lines(n)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
-        raise LaminaError("texts= holds no non-empty text.", cli="--texts has no non-empty line.")
+        raise LaminaError("texts= holds no non-empty text.", cli="--lines has no non-empty line.")
     return ReportInputs(
         corpus=text, texts=list(texts), lens_text=texts[0], words=words,
         targets=None if targets is None else list(targets),

@@ -209,3 +209,18 @@ def test_cli_format_option(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:") and "--format" in lines[0]
     assert "--format" in runner.invoke(app, ["norms", "--help"]).output
     assert "--format" not in runner.invoke(app, ["capture", "--help"]).output
+
+
+def test_variance_axis_is_not_stretched_by_constant_dimensions() -> None:
+    from lamina.analyses.category_plots import plot_variance
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((20, 8))
+    v[:, 0] = 1.0  # no variance at all
+    v[:, 1] = 1.0 + 1e-33 * rng.standard_normal(20)  # variance ~1e-66
+    fig = plot_variance({"hidden.0": torch.from_numpy(v)})
+    ax = fig.axes[0]
+    top = v.var(axis=0, ddof=1).max()
+    low, high = ax.get_ylim()
+    assert low >= top / 1e8 / 2 * 0.999 and high >= top
+    assert "2 below" in ax.get_title()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli import _friendly, _readable, app, fail
+from lamina.cli_common import _friendly, _readable, app, fail
 from lamina.cli_format import _old, renamed
 from lamina.errors import LaminaError
 

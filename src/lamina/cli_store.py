@@ -8,18 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from lamina.cli import (
+from lamina.cli_common import (
+    FormatOpt,
     LinesOpt,
     ModelOpt,
     OutOpt,
     SitesOpt,
     _friendly,
     _positions,
-    _print_frame,
     _save,
     app,
 )
 from lamina.cli_format import _old, renamed
+from lamina.cli_format import print_frame as _print_frame
 from lamina.errors import LaminaError
 
 
@@ -151,6 +152,7 @@ def similar(
     metric: str = "cosine",
     partial: PartialOpt = False,
     out: OutOpt = None,
+    figure_format: FormatOpt = None,
 ) -> None:
     """The stored strings whose activation is most similar to each query's."""
     from lamina import store as lstore
@@ -162,7 +164,7 @@ def similar(
                              threshold=threshold, metric=metric, allow_partial=partial)
     _note_partial(result.meta)
     _print_frame(result.to_frame(), ["query", "site", "rank", "string", "similarity", "next"])
-    _save(result, out)
+    _save(result, out, figure_format)
 
 
 @app.command()
@@ -185,6 +187,7 @@ def approximate(
     seed: int = 1337,
     partial: PartialOpt = False,
     out: OutOpt = None,
+    figure_format: FormatOpt = None,
 ) -> None:
     """Approximate next-token distributions from similar strings (Hellinger distance)."""
     from lamina import store as lstore
@@ -212,4 +215,4 @@ def approximate(
         typer.echo(f"{variant:>13}: mean {v['mean']:.4f} (std {v['std']:.4f}), "
                    f"{v['n_below_0.2']}/{s['n_prompts']} below 0.2, {v['n_empty']} empty")
     typer.echo(f"thresholds {s['thresholds']}, weights {s['weights']}, fitted: {s['fitted']}")
-    _save(result, out)
+    _save(result, out, figure_format)

@@ -84,18 +84,32 @@ def plot_layer(vectors: torch.Tensor, labels: np.ndarray, site: str, row: pd.Ser
     return fig
 
 
-def plot_variance(vectors: dict[str, torch.Tensor]) -> Any:
-    """Variance across words of each dimension, per layer (jittered)."""
+def plot_variance(vectors: dict[str, torch.Tensor], span: float = 1e8) -> Any:
+    """Variance across words of each dimension, per layer (jittered), on a log axis that spans
+    ``span`` below the largest variance: dimensions with (nearly) no variance would otherwise
+    stretch the axis to 1e-66; they are drawn at the floor as down-pointing triangles and
+    counted in the title."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
     rng = np.random.default_rng(0)
-    for i, v in enumerate(vectors.values()):
-        var = v.double().var(dim=0).numpy()
-        ax.plot(rng.normal(i, 0.03, len(var)), var, "o", markeredgecolor="k", markersize=5,
-                alpha=0.3)
+    variances = [v.double().var(dim=0).numpy() for v in vectors.values()]
+    top = max((float(var.max()) for var in variances if var.size), default=1.0)
+    floor = top / span if top > 0 else 1e-12
+    n_below = 0
+    for i, var in enumerate(variances):
+        x = rng.normal(i, 0.03, len(var))
+        low = var < floor
+        n_below += int(low.sum())
+        ax.plot(x[~low], var[~low], "o", markeredgecolor="k", markersize=5, alpha=0.3)
+        if low.any():
+            ax.plot(x[low], np.full(int(low.sum()), floor), "v", color="0.4", markersize=5)
+    title = "Per-dimension variance by layer"
+    if n_below:
+        title += f" ({n_below} below {floor:.0e}, drawn at the floor)"
     ax.set(xticks=range(len(vectors)), xticklabels=list(vectors), yscale="log",
-           ylabel="Variance across words", title="Per-dimension variance by layer")
+           ylabel="Variance across words", title=title)
+    ax.set_ylim(bottom=floor / 2)
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     return fig

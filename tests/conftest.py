@@ -101,6 +101,19 @@ def tiny(name: str, padding_side: str = "right", seed: int = 0) -> lamina.Model:
     return lamina.load((hf.eval(), bert_tokenizer(padding_side)))
 
 
+def save_model(model: lamina.Model, path) -> str:
+    """Save a wrapped model (weights and tokenizer) as a Hugging Face directory; its path."""
+    model.hf_model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random GPT-2 saved to disk, as ``lamina --model DIR`` loads it."""
+    return save_model(tiny("gpt2"), tmp_path_factory.mktemp("tiny-gpt2"))
+
+
 @pytest.fixture(scope="session")
 def minilm() -> lamina.Model:
     return lamina.load("minilm", device="cpu")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina import store as lstore
 from lamina.corpus import tinyshakespeare
 
@@ -25,8 +25,7 @@ def fixture_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 saved as a model directory (so subprocesses can load it)."""
     path = tmp_path_factory.mktemp("model") / "gpt2"
     m = tiny("gpt2")
-    m.hf_model.save_pretrained(path)
-    m.tokenizer.save_pretrained(path)
+    save_model(m, path)
     return path
 
 

@@ -19,7 +19,7 @@ import transformers
 
 import lamina
 from badinput import cli_ok
-from conftest import bert_tokenizer, tiny
+from conftest import bert_tokenizer, save_model, tiny
 from lamina.analyses import alignment, categories, contexts, embeddings, pathlength
 from lamina.analyses.categories import read_words
 from lamina.geometry import cosine, project
@@ -51,8 +51,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     out = {}
     for name, model in (("gpt2", tiny("gpt2")), ("bert", tiny("bert")),
                         ("small_bert", small_bert())):
-        model.hf_model.save_pretrained(root / name)
-        model.tokenizer.save_pretrained(root / name)
+        save_model(model, root / name)
         out[name] = str(root / name)
     (root / "words.csv").write_text("label,word\nx,cat\nx,dog\ny,red\ny,blue\n")
     out["good"] = str(root / "words.csv")

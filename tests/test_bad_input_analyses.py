@@ -15,7 +15,7 @@ import pytest
 
 import lamina
 from badinput import api_fails, cli_fails
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina.analyses import alignment, categories, contexts, embeddings, lens, pathlength
 from lamina.corpus import tinyshakespeare
 
@@ -40,8 +40,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad-analyses")
     out = {}
     for name, model in (("gpt2", tiny("gpt2")), ("bert", tiny("bert"))):
-        model.hf_model.save_pretrained(root / name)
-        model.tokenizer.save_pretrained(root / name)
+        save_model(model, root / name)
         out[name] = str(root / name)
     for name, text in {"corpus": CORPUS, "small": SMALL, **CSV}.items():
         (root / f"{name}.txt").write_text(text, encoding="utf-8")

@@ -16,7 +16,6 @@ import pytest
 
 import lamina
 from badinput import cli_fails
-from conftest import tiny
 from lamina import store as lstore
 from lamina.analyses import categories, contexts, pathlength, similar_strings
 from lamina.cli import main
@@ -24,15 +23,6 @@ from lamina.corpus import tinyshakespeare
 
 LINES = ["the king is dead", "long live the king", "my lord the queen", "a horse, a horse",
          "to be or not to be", "the lord of the manor", "now is the winter", "the queen is here"]
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> str:
-    model = tiny("gpt2")
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.hf_model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

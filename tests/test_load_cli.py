@@ -17,15 +17,6 @@ from conftest import TEXTS, tiny
 from lamina.cli import app
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> str:
-    model = tiny("gpt2")
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.hf_model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_local_directory_loads_same_model(gpt2_dir: str) -> None:
     original = tiny("gpt2")
     loaded = lamina.load(gpt2_dir)

@@ -14,7 +14,7 @@ import pytest
 
 import lamina
 from badinput import api_fails, cli_fails, cli_ok
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina.atlas import core, findings
 from lamina.atlas import save as save_mod
 from lamina.atlas.section import ReportInputs, Section, SectionSpec
@@ -31,8 +31,7 @@ def model_dirs(tmp_path_factory) -> list[str]:
     for family in ("gpt2", "bert"):
         model = tiny(family)
         path = tmp_path_factory.mktemp(f"tiny-{family}")
-        model.hf_model.save_pretrained(path)
-        model.tokenizer.save_pretrained(path)
+        save_model(model, path)
         dirs.append(str(path))
     return dirs
 

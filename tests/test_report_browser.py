@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import lamina
-from conftest import tiny
+from conftest import save_model, tiny
 from report_browser import (
     console_errors,
     empty_figures,
@@ -139,8 +139,7 @@ def test_command_line_checks_a_page_and_saves_its_screenshot(tmp_path: Path, cap
 def _saved(name: str, root: Path) -> str:
     model = tiny(name)
     path = root / f"tiny-{name}"
-    model.hf_model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
+    save_model(model, path)
     return str(path)
 
 

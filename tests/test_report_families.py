@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lamina
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina.analyses import norms
 from lamina.atlas.registry import SECTION_MODULES
 
@@ -28,8 +28,7 @@ def atlas(tmp_path_factory) -> tuple[lamina.atlas.core.Report, list[str], object
     dirs = []
     for family in FAMILIES:
         model = tiny(family)
-        model.hf_model.save_pretrained(root / family)
-        model.tokenizer.save_pretrained(root / family)
+        save_model(model, root / family)
         dirs.append(str(root / family))
     rep = lamina.report(dirs, root / "atlas", texts=TEXTS, quick=True, progress=False)
     return rep, dirs, root / "atlas"

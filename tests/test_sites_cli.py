@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina.cli import app
 from lamina.sites import site_shape
 
@@ -22,8 +22,7 @@ def test_site_shape_matches_capture(family: str) -> None:
 def test_cli_prints_shapes(tmp_path) -> None:
     """A grouped-query Llama (4 query heads, 2 key/value heads of 8) saved to disk."""
     model = tiny("llama")
-    model.hf_model.save_pretrained(tmp_path)
-    model.tokenizer.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     result = CliRunner().invoke(app, ["sites", "--model", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = dict(line.split(None, 1) for line in result.output.splitlines()[1:])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lamina
-from conftest import tiny
+from conftest import save_model, tiny
 from lamina import store as lstore
 from lamina.corpus import tinyshakespeare
 
@@ -82,8 +82,7 @@ def test_killed_collect_resumes_with_every_row_once(tmp_path: Path) -> None:
     corpus.write_text("\n".join(lines))
     model_dir = tmp_path / "model"
     m = tiny("gpt2")
-    m.hf_model.save_pretrained(model_dir)
-    m.tokenizer.save_pretrained(model_dir)
+    save_model(m, model_dir)
     reference = lstore.collect(str(model_dir), str(corpus), SITES[:2], tmp_path / "ref",
                                shard_rows=50, batch_size=8, progress=False)
     killed = tmp_path / "killed"
@@ -138,8 +137,7 @@ def test_cli_collect_substrings(tmp_path: Path) -> None:
 
     model_dir = tmp_path / "model"
     m = tiny("gpt2")
-    m.hf_model.save_pretrained(model_dir)
-    m.tokenizer.save_pretrained(model_dir)
+    save_model(m, model_dir)
     text = tmp_path / "text.txt"
     text.write_text(tinyshakespeare()[:800])
     result = CliRunner().invoke(app, ["collect", "--model", str(model_dir), "--substrings", "6",

@@ -83,6 +83,15 @@ class Section:
     seconds: float = 0.0
 
 
+def layer_profiles(table: pd.DataFrame, n_layers: int,
+                   columns: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """Overlays of per-layer columns of ``table`` (which has a ``layer`` column): overlay name
+    -> frame ``x`` (layer / n_layers), ``y`` (that column)."""
+    x = table["layer"].to_numpy() / max(n_layers, 1)
+    return {name: pd.DataFrame({"x": x, "y": table[col].to_numpy()})
+            for name, col in columns.items()}
+
+
 @dataclass(frozen=True)
 class SectionSpec:
     """A section kind: ``applies(model, inputs)`` returns ``None`` or the reason it does not

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from lamina.atlas.section import ReportInputs, Section, SectionSpec
+from lamina.atlas.section import ReportInputs, Section, SectionSpec, layer_profiles
 from lamina.models import Model
 
 #: Label permutations for the permutation p-value (quick, full).
@@ -97,9 +97,8 @@ def run(model: Model, inputs: ReportInputs) -> Section:
                                  row["p_permutation"], permutations),
             centred_sentence(best, row["delta"], row["centred_delta"], row["baseline_mean"]),
         ]
-    x = table["layer"].to_numpy() / max(model.n_layers, 1)
-    overlays = {"Δ within - across (cosine)": pd.DataFrame({"x": x, "y": table["delta"]}),
-                "t (within vs across)": pd.DataFrame({"x": x, "y": table["t"]})}
+    overlays = layer_profiles(table, model.n_layers, {"Δ within - across (cosine)": "delta",
+                                                      "t (within vs across)": "t"})
     return Section("categories", SPEC.title, findings=findings, summary=summary,
                    tables={"categories": table, "words": result.words},
                    figures=result.figures(), overlays=overlays)

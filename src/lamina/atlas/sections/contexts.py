@@ -11,9 +11,8 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from lamina.atlas.section import ReportInputs, Section, SectionSpec
+from lamina.atlas.section import ReportInputs, Section, SectionSpec, layer_profiles
 from lamina.errors import LaminaError, TokenizationError
 from lamina.models import Model
 
@@ -149,9 +148,9 @@ def run(model: Model, inputs: ReportInputs) -> Section:
                                          row["p_permutation"]))
         if not any(math.isnan(d) for d in deltas) and len(deltas) > 1:
             findings.append(trend_sentence([float(d) for d in deltas]))
-    x = table["layer"].to_numpy() / max(model.n_layers, 1)
-    overlays = {"Δ within - across word (cosine)": pd.DataFrame({"x": x, "y": table["delta"]}),
-                "within-word cosine": pd.DataFrame({"x": x, "y": table["within_mean"]})}
+    overlays = layer_profiles(table, model.n_layers,
+                              {"Δ within - across word (cosine)": "delta",
+                               "within-word cosine": "within_mean"})
     return Section("contexts", SPEC.title, findings=findings, summary=summary,
                    tables={"contexts": table, "counts": result.counts},
                    figures=result.figures(), overlays=overlays)

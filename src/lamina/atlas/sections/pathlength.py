@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from lamina.atlas.section import ReportInputs, Section, SectionSpec
+from lamina.atlas.section import ReportInputs, Section, SectionSpec, layer_profiles
 from lamina.models import Model
 
 
@@ -71,10 +71,9 @@ def run(model: Model, inputs: ReportInputs) -> Section:
         findings.append(correlation_sentence(row["pearson_r"], row["pearson_ci_low"],
                                              row["pearson_ci_high"], row["spearman_r"],
                                              int(row["n_pairs"])))
-    x = layers["layer"].to_numpy() / max(model.n_layers, 1)
-    overlays = {"mean step per layer": pd.DataFrame({"x": x, "y": layers["mean_step"]}),
-                "mean cosine with previous layer": pd.DataFrame(
-                    {"x": x, "y": layers["mean_cos_prev"]})}
+    overlays = layer_profiles(layers, model.n_layers,
+                              {"mean step per layer": "mean_step",
+                               "mean cosine with previous layer": "mean_cos_prev"})
     tables = {"per_layer": layers, "summary": result.summary}
     return Section("pathlength", SPEC.title, findings=findings, summary=summary, tables=tables,
                    figures=result.figures(), overlays=overlays)

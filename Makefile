@@ -28,6 +28,7 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(VENV)/.dev

@@ -69,6 +69,8 @@ def _opt() -> transformers.PreTrainedModel:
     return transformers.OPTForCausalLM(cfg)
 
 
+#: One line per architecture family (or variant): a tiny random model built in code. Every
+#: family gets the invariants of tests/test_families.py and tests/test_capture.py from its line.
 FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
     "gpt2": _gpt2,
     "neox_parallel": _neox(True),
@@ -78,7 +80,11 @@ FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
     "qwen2": _llama_like("qwen2"),
     "bert": _bert,
 }
-CAUSAL = [name for name in FAMILIES if name != "bert"]
+#: Encoder families (names of FAMILIES entries); every other entry is a causal LM.
+ENCODERS = {"bert", "roberta", "xlm_roberta", "distilbert", "t5_encoder"}
+CAUSAL = [name for name in FAMILIES if name not in ENCODERS]
+#: The families whose tests in test_capture.py spell out each layer's weights by hand.
+HAND_WRITTEN = ("gpt2", "neox_parallel", "neox_sequential", "llama", "mistral", "qwen2", "bert")
 
 TEXTS = [
     "the cat sat on the mat",

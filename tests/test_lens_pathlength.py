@@ -30,7 +30,7 @@ def test_lens_matches_manual_readout(name: str, tmp_path) -> None:
     frame = result.to_frame()
     n, n_layers = len(ids), model.n_layers
     assert sorted(frame["layer"].unique()) == list(range(n_layers + 1))
-    norm = model.hf_model.get_submodule(f"{model._base_prefix}.{model.adapter.final_norm}")
+    norm = model.hf_model.get_submodule(f"{model._base_prefix}.{model.architecture.final_norm}")
     head = model.hf_model.get_output_embeddings()
     for layer in range(n_layers + 1):
         if layer == n_layers:  # the last row is the model's own output

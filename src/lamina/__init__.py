@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from lamina._version import __version__  # noqa: E402
 from lamina.activations import Activations  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
 from lamina.models import BUILTINS, Model, load  # noqa: E402

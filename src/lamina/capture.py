@@ -18,7 +18,7 @@ import inspect
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -27,8 +27,46 @@ from lamina.errors import LaminaError
 from lamina.inputs import Positions, check_batch_size, pick_positions
 from lamina.sites import Site
 
-if TYPE_CHECKING:
-    from lamina.models import Model
+
+@dataclass(frozen=True)
+class CapturePlan:
+    """Everything capture needs, decided by the model (:meth:`lamina.Model.plan`).
+
+    Attributes:
+        root: the module hook paths start from (``Model.hf_model``).
+        runner: the module called on each batch (the base model, or T5's encoder).
+        sites: the resolved sites, in forward order.
+        positions: which positions to keep (checked).
+        stop_at: ``(path, side)`` after which the forward pass may stop (``None``: run it all).
+        pad_id, left_padding: how batches are padded.
+        device: where input ids are sent.
+        takes_mask, takes_position_ids, no_cache: the forward arguments ``runner`` accepts
+            (a model without ``attention_mask`` gets batches of one length only).
+    """
+
+    root: torch.nn.Module
+    runner: torch.nn.Module
+    sites: list[Site]
+    positions: Positions
+    stop_at: tuple[str, str] | None
+    pad_id: int
+    left_padding: bool
+    device: torch.device
+    takes_mask: bool
+    takes_position_ids: bool
+    no_cache: bool
+
+
+def forward_arguments(module: torch.nn.Module, causal: bool) -> dict[str, bool]:
+    """Which of lamina's forward arguments ``module.forward`` declares (none when its
+    signature cannot be read): ``takes_mask``, ``takes_position_ids``, ``no_cache``."""
+    try:
+        accepted = set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    return {"takes_mask": "attention_mask" in accepted,
+            "takes_position_ids": "position_ids" in accepted,
+            "no_cache": "use_cache" in accepted and causal}
 
 
 class _StopForward(Exception):
@@ -175,42 +213,25 @@ class _Recorder:
         return handles
 
 
-def _forward_kwargs(module: torch.nn.Module) -> set[str]:
-    """Names ``module.forward`` declares (empty when its signature cannot be read)."""
+def _run(plan: CapturePlan, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """One forward pass of ``plan.runner`` with the arguments it declares."""
+    kwargs: dict[str, Any] = {}
+    if plan.takes_mask:
+        kwargs["attention_mask"] = mask.to(plan.device)
+    if plan.takes_position_ids:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(plan.device)
+    if plan.no_cache:
+        kwargs["use_cache"] = False
     try:
-        return set(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
+        plan.runner(input_ids.to(plan.device), **kwargs)
+    except _StopForward:
+        pass
 
 
-class _Runner:
-    """Calls the model with the keyword arguments its ``forward`` declares."""
-
-    def __init__(self, model: Model, module: torch.nn.Module) -> None:
-        self.module, self.device = module, model.device
-        accepted = _forward_kwargs(module)
-        self.takes_mask = "attention_mask" in accepted
-        self.takes_positions = "position_ids" in accepted
-        self.no_cache = "use_cache" in accepted and model.is_causal
-
-    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
-        kwargs: dict[str, Any] = {}
-        if self.takes_mask:
-            kwargs["attention_mask"] = mask.to(self.device)
-        if self.takes_positions:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
-        if self.no_cache:
-            kwargs["use_cache"] = False
-        try:
-            self.module(input_ids.to(self.device), **kwargs)
-        except _StopForward:
-            pass
-
-
-def _whole_sites(model: Model, run: _Runner, sites: list[Site], token: int) -> list[str]:
+def _whole_sites(plan: CapturePlan, token: int) -> list[str]:
     """The ``module:`` sites whose output has no sequence axis: their shape does not follow
     the input's length over two probe passes (2 and 3 tokens)."""
-    probed = [s for s in sites if s.name.startswith("module:")]
+    probed = [s for s in plan.sites if s.name.startswith("module:")]
     if not probed:
         return []
     shapes: dict[str, dict[int, tuple[int, ...]]] = {s.name: {} for s in probed}
@@ -222,12 +243,12 @@ def _whole_sites(model: Model, run: _Runner, sites: list[Site], token: int) -> l
             shapes[name].setdefault(width, tuple(t.shape))
         return record
 
-    handles = [model.hf_model.get_submodule(s.point.module).register_forward_hook(hook(s.name))
+    handles = [plan.root.get_submodule(s.point.module).register_forward_hook(hook(s.name))
                for s in probed]
     try:
         with torch.inference_mode():
             for width in (2, 3):
-                run(torch.full((1, width), token), torch.ones((1, width), dtype=torch.long))
+                _run(plan, torch.full((1, width), token), torch.ones((1, width), dtype=torch.long))
     finally:
         for h in handles:
             h.remove()
@@ -259,37 +280,35 @@ def _batches(order: torch.Tensor, lengths: torch.Tensor, size: int,
 
 
 def run_capture(
-    model: Model,
+    plan: CapturePlan,
     ids: list[list[int]],
-    sites: list[Site],
-    positions: Positions,
     batch_size: int,
     dtype: torch.dtype,
     device: Any,
     progress: bool,
 ) -> Captured:
-    """Run the model over ``ids`` in batches and keep ``sites`` at ``positions``."""
+    """Run ``plan`` over token ids ``ids`` in batches of at most ``batch_size`` inputs and keep
+    its sites at its positions, as ``dtype`` on ``device``."""
     check_batch_size(batch_size)
+    sites, positions = plan.sites, plan.positions
     lengths = torch.tensor([len(s) for s in ids])
     picks = pick_positions(positions, lengths)
     width = int(lengths.max())
-    module, stop_at = model.forward_plan(sites)
-    run = _Runner(model, module)
-    whole = _whole_sites(model, run, sites, ids[0][0])
+    whole = _whole_sites(plan, ids[0][0])
     if whole:
         warnings.warn(
             f"{', '.join(whole)}: no sequence axis (output [batch, ...]), so captured whole, "
             f"one row per input; positions={positions!r} does not apply there "
             "(acts.meta['no_sequence_axis'] lists them).", stacklevel=3)
     recorder = _Recorder(sites, len(ids), width, device, dtype, whole)
-    left = model.padding_side == "left"
+    left = plan.left_padding
     order = torch.argsort(lengths, descending=True, stable=True)
-    handles = recorder.attach(model.hf_model, stop_at)
+    handles = recorder.attach(plan.root, plan.stop_at)
     try:
         with torch.inference_mode():
             bar = tqdm(total=len(ids), unit="input", disable=not progress, desc="collect")
-            for rows in _batches(order, lengths, batch_size, not run.takes_mask):
-                input_ids, mask = _pad([ids[i] for i in rows.tolist()], model.pad_id, left)
+            for rows in _batches(order, lengths, batch_size, not plan.takes_mask):
+                input_ids, mask = _pad([ids[i] for i in rows.tolist()], plan.pad_id, left)
                 recorder.batch = _Batch(
                     rows,
                     lengths[rows],
@@ -297,7 +316,7 @@ def run_capture(
                     None if picks is None else picks[rows],
                     input_ids.shape[1],
                 )
-                run(input_ids, mask)
+                _run(plan, input_ids, mask)
                 bar.update(len(rows))
             bar.close()
     finally:

@@ -15,7 +15,7 @@ from lamina.errors import LaminaError
 
 def _check_report_out(out: Path) -> Path:
     """Refuse an --out that cannot hold a report, before any work."""
-    from lamina.atlas.core import MARKERS
+    from lamina.atlas.save import MARKERS
     from lamina.outputs import check_output_dir
 
     try:

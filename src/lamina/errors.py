@@ -39,7 +39,7 @@ class UnknownSiteError(LaminaError, KeyError):
 
 
 class UnsupportedArchitectureError(LaminaError):
-    """Canonical sites were asked of a model family lamina has no adapter for."""
+    """Canonical sites were asked of a model family lamina has no family record for."""
 
 
 class ContextLengthError(LaminaError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Mapping, Sequence, Set
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,8 +15,13 @@ import torch
 from lamina.checks import check_int
 from lamina.errors import ContextLengthError, LaminaError, TokenizationError
 
-if TYPE_CHECKING:
-    from lamina.models import Model
+
+class Tokenizes(Protocol):
+    """What :func:`tokenize` needs of a model (a :class:`lamina.Model` has it)."""
+
+    tokenizer: Any
+    vocab_size: int
+    max_length: int | None
 
 Positions = str | int | Sequence[int]
 POSITION_WORDS = ("last", "first", "all")
@@ -112,7 +117,7 @@ def _token_ids(i: int, x: Any) -> list[int]:
     return ids  # type: ignore[return-value]
 
 
-def tokenize(model: Model, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
+def tokenize(model: Tokenizes, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
     """Token ids of each input: strings go through the tokenizer as it does by default
     (special tokens included); token-id sequences pass through unchanged."""
     items = _as_list(inputs)

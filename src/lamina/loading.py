@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import torch
 
-from lamina.adapters import SUPPORTED_FAMILIES
 from lamina.errors import LaminaError
+from lamina.families import SUPPORTED_FAMILIES, family_for
 
 #: Dtypes accepted for weights and captured activations.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -242,11 +242,17 @@ def _first_line(err: BaseException) -> str:
 
 
 def _auto_class(config: Any) -> Any:
+    """The transformers class to build: the family's (T5: its encoder), else the LM head
+    that ``config.architectures`` names, else the bare model."""
     import transformers
 
+    family = family_for(config)
+    loader = family.loader if family is not None else "auto"
+    if loader == "t5_encoder":
+        return transformers.T5EncoderModel
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+    if loader == "causal_lm" or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return transformers.AutoModelForCausalLM
-    if any(a.endswith("ForMaskedLM") for a in archs):
+    if loader == "masked_lm" or any(a.endswith("ForMaskedLM") for a in archs):
         return transformers.AutoModelForMaskedLM
     return transformers.AutoModel

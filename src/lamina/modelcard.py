@@ -9,16 +9,14 @@ import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
 
 from lamina.outputs import atomic_dir
 from lamina.results import write_csv
-
-if TYPE_CHECKING:
-    from lamina.train import TrainConfig, TrainResult
+from lamina.train_config import TrainConfig, TrainResult
 
 HELDOUT_WINDOWS = 32
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from lamina.activations import Activations
-from lamina.adapters import Adapter, Dims, adapter_for, dims_from_config
-from lamina.capture import run_capture
+from lamina.capture import CapturePlan, forward_arguments, run_capture
 from lamina.errors import LaminaError, TokenizationError
+from lamina.families import Dims, Family, family_for
 from lamina.inputs import Positions, check_batch_size, check_positions, tokenize
 from lamina.loading import (
     check_local_dir,
@@ -63,6 +63,8 @@ class Model:
         tokenizer: its tokenizer (``None`` if none was given).
         name: the spec it was loaded from.
         processing: transformations applied at the user's request (empty: raw weights).
+        architecture: the :class:`~lamina.families.Family` record of its architecture
+            (``None`` for a model lamina has no family for: only ``module:`` sites then).
     """
 
     def __init__(
@@ -78,19 +80,22 @@ class Model:
         self.name = name or type(hf_model).__name__
         self.processing = list(processing)
         self.config = getattr(hf_model, "config", None)
-        self.adapter: Adapter | None = adapter_for(self.config) if self.config else None
-        self.dims: Dims = (
-            dims_from_config(self.config)
-            if self.config is not None
-            else Dims(-1, -1, -1, -1, -1, len(tokenizer) if tokenizer else -1, None)
-        )
+        self.architecture: Family | None = family_for(self.config) if self.config else None
+        if self.architecture is not None:
+            self.dims: Dims = self.architecture.dims(self.config)
+        elif self.config is not None:
+            from lamina.families import dims_from_config
+
+            self.dims = dims_from_config(self.config)
+        else:
+            self.dims = Dims(-1, -1, -1, -1, -1, len(tokenizer) if tokenizer else -1, None)
         base = getattr(hf_model, "base_model", hf_model)
         self._base_prefix = next(
             (name for name, module in hf_model.named_modules() if module is base), ""
         )
         self._catalog: dict[str, Site] = (
-            build_catalog(self.adapter, self.dims, self.config, self._base_prefix)
-            if self.adapter
+            build_catalog(self.architecture, self.dims, self.config, self._base_prefix)
+            if self.architecture
             else {}
         )
 
@@ -126,8 +131,8 @@ class Model:
 
     @property
     def is_causal(self) -> bool:
-        if self.adapter is not None:
-            return self.adapter.is_causal
+        if self.architecture is not None:
+            return self.architecture.causal
         archs = [*(getattr(self.config, "architectures", None) or []), type(self.hf_model).__name__]
         return bool(getattr(self.config, "is_decoder", False)) or any(
             a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs
@@ -135,7 +140,8 @@ class Model:
 
     @property
     def family(self) -> str | None:
-        return self.adapter.family if self.adapter else None
+        """The architecture family's name (``"gpt2"``, ``"llama"``...; ``None``: unknown)."""
+        return self.architecture.name if self.architecture else None
 
     @property
     def device(self) -> torch.device:
@@ -163,7 +169,7 @@ class Model:
     # -- sites and capture ---------------------------------------------------------------
     def resolve_sites(self, sites: str | Iterable[str]) -> list[Site]:
         """Resolve names, globs, short forms and ``module:`` paths (see :mod:`lamina.sites`)."""
-        return resolve_sites(sites, self._catalog, self.hf_model, self.adapter)
+        return resolve_sites(sites, self._catalog, self.hf_model, self.architecture)
 
     def base_path(self, path: str) -> str:
         """``path`` (relative to the family's base model) as a path from ``hf_model``."""
@@ -173,21 +179,40 @@ class Model:
         """The submodule at ``path`` relative to the family's base model."""
         return self.hf_model.get_submodule(self.base_path(path))
 
-    def forward_plan(self, sites: list[Site]) -> tuple[nn.Module, tuple[str, str] | None]:
-        """Which module to call (the base model unless a site lies outside it) and where the
-        forward pass may stop (after the deepest block any site needs)."""
-        prefix = self._base_prefix
+    def block(self, layer: int) -> nn.Module:
+        """Block ``layer`` (a module of the untouched model)."""
+        if self.architecture is None:
+            raise LaminaError(f"{self.name} has no known architecture family: its blocks are "
+                              "unknown.")
+        return self.base_module(self.architecture.block(layer))
+
+    def plan(self, sites: str | Iterable[str] | list[Site],
+             positions: Positions = "last") -> CapturePlan:
+        """What capture runs: the resolved ``sites`` (names, globs, short forms, ``module:``
+        paths, or already resolved :class:`Site` objects), the hook points, the module to call
+        (the base model unless a site lies outside it; T5's encoder), where the forward pass
+        may stop (after the deepest block any site needs), padding facts and the forward
+        arguments the module takes."""
+        check_positions(positions)
+        resolved = sites if isinstance(sites, list) and all(
+            isinstance(s, Site) for s in sites) and sites else self.resolve_sites(sites)
+        prefix, family = self._base_prefix, self.architecture
         inside = all(
             not prefix or s.point.module == prefix or s.point.module.startswith(prefix + ".")
-            for s in sites
+            for s in resolved
         )
         runner = self.hf_model.get_submodule(prefix) if (prefix and inside) else self.hf_model
-        if self.adapter is None or any(s.depth is None for s in sites):
-            return runner, None
-        deepest = max(s.depth for s in sites if s.depth is not None)
-        if deepest < 0:
-            return runner, (self.base_path(self.adapter.block(0)), "input")
-        return runner, (self.base_path(self.adapter.block(deepest)), "output")
+        if family is not None and family.runner and inside:
+            runner = self.base_module(family.runner)
+        stop_at = None
+        if family is not None and all(s.depth is not None for s in resolved):
+            deepest = max(s.depth for s in resolved if s.depth is not None)
+            stop_at = ((self.base_path(family.block(0)), "input") if deepest < 0
+                       else (self.base_path(family.block(deepest)), "output"))
+        return CapturePlan(
+            root=self.hf_model, runner=runner, sites=resolved, positions=positions,
+            stop_at=stop_at, pad_id=self.pad_id, left_padding=self.padding_side == "left",
+            device=self.device, **forward_arguments(runner, self.is_causal))
 
     def to_tokens(self, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
         """Token ids of each input, as :meth:`collect` feeds them to the model."""
@@ -240,14 +265,13 @@ class Model:
         """
         dtype = parse_dtype(dtype)
         device = parse_device(device)
-        check_positions(positions)
         check_batch_size(batch_size)
-        resolved = self.resolve_sites(sites)
+        plan = self.plan(sites, positions)
+        resolved = plan.sites
         ids = tokenize(self, inputs, truncate=truncate)
         if progress is None:
             progress = len(ids) > batch_size
-        captured = run_capture(self, ids, resolved, positions, batch_size, dtype, device,
-                               progress)
+        captured = run_capture(plan, ids, batch_size, dtype, device, progress)
         token_ids = torch.zeros((len(ids), int(captured.lengths.max())), dtype=torch.long)
         for i, seq in enumerate(ids):
             token_ids[i, : len(seq)] = torch.tensor(seq)

@@ -13,12 +13,12 @@ from lamina.models import Model
 
 def final_norm(model: Model) -> nn.Module:
     """The model's final normalisation module (``ln_f``, ``final_layer_norm``, ``norm``)."""
-    if model.adapter is None or model.adapter.final_norm is None:
+    if model.architecture is None or model.architecture.final_norm is None:
         raise LaminaError(
             f"{model.name} has no final norm before an unembedding (family: {model.family}); "
             "reading out logits needs a causal LM of a supported family."
         )
-    return model.base_module(model.adapter.final_norm)
+    return model.base_module(model.architecture.final_norm)
 
 
 def unembedding(model: Model) -> nn.Module:

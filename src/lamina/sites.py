@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from lamina.adapters import SUPPORTED_FAMILIES, Adapter, Dims, HookPoint
 from lamina.errors import UnknownSiteError, UnsupportedArchitectureError, suggest
+from lamina.families import SUPPORTED_FAMILIES, Dims, Family, HookPoint
 
 BLOCK_SITES = (
     "hook_resid_pre",
@@ -99,8 +99,9 @@ def _prefixed(prefix: str, point: HookPoint) -> HookPoint:
     return HookPoint(path, point.side, point.transform)
 
 
-def build_catalog(adapter: Adapter, dims: Dims, config: object, prefix: str) -> dict[str, Site]:
-    """Every canonical site of a model, in forward order."""
+def build_catalog(family: Family, dims: Dims, config: object, prefix: str) -> dict[str, Site]:
+    """Every canonical site of a model of ``family``, in forward order (``prefix``: the base
+    model's path inside the loaded module)."""
     sites: dict[str, Site] = {}
 
     def add(name: str, point: HookPoint | None, depth: int | None) -> None:
@@ -108,20 +109,20 @@ def build_catalog(adapter: Adapter, dims: Dims, config: object, prefix: str) -> 
             sites[name] = Site(name, _prefixed(prefix, point), depth)
 
     n = dims.n_layers
-    add("hook_embed", HookPoint(adapter.embed), -1)
-    if adapter.pos_embed:
-        add("hook_pos_embed", HookPoint(adapter.pos_embed), -1)
-    add("hidden.0", HookPoint(adapter.block(0), "input"), -1)
+    add("hook_embed", HookPoint(family.embed), -1)
+    if family.pos_embed:
+        add("hook_pos_embed", HookPoint(family.pos_embed), -1)
+    add("hidden.0", HookPoint(family.block(0), "input"), -1)
     for layer in range(n):
         for suffix in BLOCK_SITES:
-            make = adapter.block_sites.get(suffix)
+            make = family.block_sites.get(suffix)
             if make is not None:
                 add(f"blocks.{layer}.{suffix}", make(layer, dims, config), layer)
-        if layer < n - 1 or adapter.final_norm is None:
-            add(f"hidden.{layer + 1}", HookPoint(adapter.block(layer)), layer)
-    if adapter.final_norm is not None:
-        add(f"hidden.{n}", HookPoint(adapter.final_norm), None)
-        add("ln_final.hook_normalized", HookPoint(adapter.final_norm), None)
+        if layer < n - 1 or family.final_norm is None:
+            add(f"hidden.{layer + 1}", HookPoint(family.block(layer)), layer)
+    if family.final_norm is not None:
+        add(f"hidden.{n}", HookPoint(family.final_norm), None)
+        add("ln_final.hook_normalized", HookPoint(family.final_norm), None)
     return sites
 
 
@@ -143,7 +144,7 @@ def resolve_sites(
     request: str | Iterable[str],
     catalog: dict[str, Site],
     root: nn.Module,
-    adapter: Adapter | None,
+    family: Family | None,
 ) -> list[Site]:
     """Turn a request (names, globs, short forms, ``module:`` paths) into sites, in forward
     order, without duplicates. Raises :class:`UnknownSiteError` with the closest names."""
@@ -155,13 +156,13 @@ def resolve_sites(
             extra.append(_module_site(raw, root))
             continue
         pattern = _expand_short(raw)
-        if adapter is None:
+        if family is None:
             raise UnsupportedArchitectureError(
-                f"Site {raw!r} needs an architecture adapter, and this model "
+                f"Site {raw!r} needs a known architecture family, and this model "
                 f"({type(root).__name__}) has none. Supported families: {SUPPORTED_FAMILIES}. "
                 "For any other model, capture a submodule's output with 'module:<dotted.path>' "
                 "(paths as printed by print(model.hf_model)).",
-                cli=f"Site {raw!r} needs an architecture adapter, and this model "
+                cli=f"Site {raw!r} needs a known architecture family, and this model "
                 f"({type(root).__name__}) has none. Supported families: {SUPPORTED_FAMILIES}. "
                 "For any other model, capture a submodule's output with --site "
                 "'module:<dotted.path>' (paths from `lamina sites --modules`).",

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,7 @@ from lamina.checks import check_int
 from lamina.corpus import text_of
 from lamina.errors import LaminaError
 from lamina.outputs import check_output_dir
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Architecture and optimisation settings (``seed`` preset = the notebook's model)."""
-
-    n_layer: int = 6
-    n_embd: int = 384
-    n_head: int = 6
-    block_size: int = 256
-    dropout: float = 0.2
-    batch_size: int = 64
-    steps: int = 4500
-    lr: float = 3e-4
-    lr_drop_step: int = 3500  # then lr * lr_drop_factor, as the study did
-    lr_drop_factor: float = 0.1
-    eval_every: int = 250
-    eval_batches: int = 20
-    checkpoint_every: int = 100
-    seed: int = 1337
-
+from lamina.train_config import TrainConfig, TrainResult
 
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(),
@@ -259,19 +239,6 @@ def _resume(ckpt: Path, model: Any, opt: torch.optim.Optimizer, cfg: TrainConfig
 
 
 EXPORT_MARKERS = ("checkpoint", "MODEL_CARD.md")  # an ``out`` holding one is ours to replace
-
-
-@dataclass
-class TrainResult:
-    """Where the model was written and how training went."""
-
-    path: Path
-    steps: int
-    train_loss: float
-    val_loss: float
-    n_params: int
-    wall_time_s: float
-    log: list[dict[str, Any]]
 
 
 def train_char_lm(

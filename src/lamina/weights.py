@@ -1,100 +1,50 @@
-"""Per-head attention weights in one layout for every family, read from the raw model.
+"""Per-head attention weights in one layout for every family, read from the raw model
+(layout: :mod:`lamina.families.base`), and what is built from them: the folded query bias and
+weight, and block 0's effective embedding.
 
-``W_Q, W_K, W_V``: ``[n_heads, d_model, d_head]`` (so ``q_h = x @ W_Q[h] + b_Q[h]``), ``W_O``:
-``[n_heads, d_head, d_model]``, ``b_Q, b_K, b_V``: ``[n_heads, d_head]``. With grouped-query
-attention, ``W_K``/``W_V`` have ``n_kv_heads`` heads; query head ``h`` reads key head
-``kv_head(h) = h // (n_heads // n_kv_heads)``. Nothing is folded or centred: the folded query
-bias (what TransformerLens calls ``b_Q`` after ``fold_ln``) is a separate, named function.
+Nothing is folded or centred in the model: the folded query bias (what TransformerLens calls
+``b_Q`` after ``fold_ln``) is a separate, named function. Each family says how its norms scale
+(Gemma's RMSNorm by ``1 + w``), where they sit and how its embedding is scaled, so every
+function here is the same for all families.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from lamina.errors import LaminaError
+from lamina.families import Family, HeadWeights
 from lamina.models import Model
 
-
-@dataclass
-class HeadWeights:
-    """One layer's attention weights, per head (see module docstring for shapes)."""
-
-    W_Q: torch.Tensor
-    W_K: torch.Tensor
-    W_V: torch.Tensor
-    W_O: torch.Tensor
-    b_Q: torch.Tensor
-    b_K: torch.Tensor
-    b_V: torch.Tensor
-    b_O: torch.Tensor
-    ln1: nn.Module | None  # the norm in front of attention (None: post-LN, e.g. BERT)
-
-    def kv_head(self, head: int) -> int:
-        return head // (self.W_Q.shape[0] // self.W_K.shape[0])
+__all__ = ["HeadWeights", "effective_embedding", "embedding_matrix", "folded_query_bias",
+           "folded_query_weight", "head_weights"]
 
 
-def _split_in(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[d_model, heads * d_head]`` (x @ w convention) -> ``[heads, d_model, d_head]``."""
-    return w.unflatten(1, (heads, -1)).permute(1, 0, 2)
+def _family(model: Model, what: str) -> Family:
+    if model.architecture is None:
+        raise LaminaError(f"{model.name} has no known architecture family: its {what} are "
+                          "unknown.")
+    return model.architecture
 
 
-def _zeros(heads: int, d_head: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(heads, d_head, dtype=like.dtype, device=like.device)
-
-
-def _bias(lin: nn.Module, heads: int, d_head: int, like: torch.Tensor) -> torch.Tensor:
-    b = getattr(lin, "bias", None)
-    return b.detach().reshape(heads, d_head) if b is not None else _zeros(heads, d_head, like)
+def _part(block: nn.Module, path: str | None) -> nn.Module | None:
+    return None if path is None else block.get_submodule(path)
 
 
 def head_weights(model: Model, layer: int) -> HeadWeights:
-    """The raw attention weights of block ``layer``, per head."""
-    if model.adapter is None:
-        raise LaminaError(f"{model.name} has no architecture adapter: its weights are unknown.")
+    """The raw attention weights of block ``layer``, per head (see :class:`HeadWeights`)."""
+    family = _family(model, "attention weights")
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < model.n_layers:
         raise LaminaError(f"layer must be an int in [0, {model.n_layers}), not {layer!r}.",
                           cli=f"--layer must be in [0, {model.n_layers}), not {layer}.")
-    block = model.base_module(model.adapter.block(layer))
-    h, kv, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
-    family = model.family
+    block = model.block(layer)
     with torch.no_grad():
-        if family == "gpt2":
-            w, b = block.attn.c_attn.weight, block.attn.c_attn.bias  # Conv1D: x @ w
-            qkv = [_split_in(w[:, i * d : (i + 1) * d], h) for i in range(3)]
-            bq, bk, bv = (b[i * d : (i + 1) * d].reshape(h, dh) for i in range(3))
-            W_O, b_O, ln1 = block.attn.c_proj.weight.reshape(h, dh, d), block.attn.c_proj.bias, \
-                block.ln_1
-        elif family == "gpt_neox":
-            lin = block.attention.query_key_value  # per head: [q | k | v]
-            w = lin.weight.T.unflatten(1, (h, 3, dh))  # [d, h, 3, dh]
-            qkv = [w[:, :, i].permute(1, 0, 2) for i in range(3)]
-            bb = lin.bias.reshape(h, 3, dh)
-            bq, bk, bv = bb[:, 0], bb[:, 1], bb[:, 2]
-            dense = block.attention.dense
-            W_O, b_O, ln1 = dense.weight.T.reshape(h, dh, d), dense.bias, block.input_layernorm
-        elif family == "llama":
-            att = block.self_attn
-            qkv = [_split_in(att.q_proj.weight.T, h), _split_in(att.k_proj.weight.T, kv),
-                   _split_in(att.v_proj.weight.T, kv)]
-            like = att.q_proj.weight
-            bq, bk, bv = (_bias(att.q_proj, h, dh, like), _bias(att.k_proj, kv, dh, like),
-                          _bias(att.v_proj, kv, dh, like))
-            W_O = att.o_proj.weight.T.reshape(h, dh, d)
-            b_O = att.o_proj.bias if att.o_proj.bias is not None else torch.zeros(d)
-            ln1 = block.input_layernorm
-        elif family == "bert":
-            s = block.attention.self
-            qkv = [_split_in(lin.weight.T, h) for lin in (s.query, s.key, s.value)]
-            bq, bk, bv = (lin.bias.reshape(h, dh) for lin in (s.query, s.key, s.value))
-            out = block.attention.output.dense
-            W_O, b_O, ln1 = out.weight.T.reshape(h, dh, d), out.bias, None
-        else:  # pragma: no cover - adapters and this table list the same families
-            raise LaminaError(f"No weight layout for family {family!r}.")
-    t = [x.detach().clone() for x in (*qkv, W_O, bq, bk, bv, b_O)]
-    return HeadWeights(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], ln1)
+        t = [x.detach().clone() for x in family.attention(block, model.dims)]
+    ln1 = _part(block, family.ln1)
+    scale, shift = family.norm_affine(ln1)
+    return HeadWeights(*t, ln1=ln1, ln1_scale=scale, ln1_bias=shift,
+                       q_norm=_part(block, family.q_norm), k_norm=_part(block, family.k_norm))
 
 
 def folded_query_bias(model: Model, layer: int) -> torch.Tensor:
@@ -103,18 +53,17 @@ def folded_query_bias(model: Model, layer: int) -> torch.Tensor:
     ``b_Q`` after ``fold_ln``). Equals the raw bias for norms without a bias (RMSNorm) and for
     post-LN blocks (BERT), whose attention reads the residual directly."""
     hw = head_weights(model, layer)
-    ln_bias = getattr(hw.ln1, "bias", None) if hw.ln1 is not None else None
-    if ln_bias is None:
+    if hw.ln1_bias is None:
         return hw.b_Q.clone()
-    return hw.b_Q + torch.einsum("d,hde->he", ln_bias.detach(), hw.W_Q)
+    return hw.b_Q + torch.einsum("d,hde->he", hw.ln1_bias, hw.W_Q)
 
 
 def folded_query_weight(model: Model, layer: int) -> torch.Tensor:
-    """``ln1.weight[:, None] * W_Q``: the query weight applied to the *normalised* input
-    (before the norm's own scale), ``[n_heads, d_model, d_head]``."""
+    """``scale[:, None] * W_Q``: the query weight applied to the *normalised* input (before
+    the norm's own scale: ``ln1.weight``, or ``1 + ln1.weight`` for Gemma's norms),
+    ``[n_heads, d_model, d_head]``."""
     hw = head_weights(model, layer)
-    scale = getattr(hw.ln1, "weight", None) if hw.ln1 is not None else None
-    return hw.W_Q.clone() if scale is None else scale.detach()[None, :, None] * hw.W_Q
+    return hw.W_Q.clone() if hw.ln1_scale is None else hw.ln1_scale[None, :, None] * hw.W_Q
 
 
 def embedding_matrix(model: Model) -> torch.Tensor:
@@ -127,32 +76,45 @@ def embedding_matrix(model: Model) -> torch.Tensor:
 
 
 def effective_embedding(model: Model, batch_rows: int = 4096) -> dict[str, torch.Tensor]:
-    """Block 0's view of every token, as the query-bias notebook defines it (pre-LN blocks):
-    ``W_EE = W_E + attn0(W_E) + MLP0(LN2(W_E + attn0(W_E)))`` where ``attn0`` lets each token
-    attend only to itself (``LN1(x) @ W_V @ W_O`` summed over heads, no value/output biases,
-    no position embedding); parallel-attention blocks feed the MLP ``LN2(W_E)`` instead.
+    """Block 0's view of every token, as the query-bias notebook defines it (pre-norm blocks):
+    ``W_EE = x + attn0(x) + MLP0(LN2(x + attn0(x)))`` with ``x = W_E * embed_scale``, where
+    ``attn0`` lets each token attend only to itself (``LN1(x) @ W_V @ W_O`` summed over heads,
+    no value/output biases, no position embedding). Each family's conventions apply: the
+    embedding scale (Gemma: ``sqrt(d_model)``), norms after a sublayer (Gemma-2/3, OLMo-2), a
+    sublayer without a norm in front (OLMo-2), and parallel blocks (GPT-J, Pythia), whose MLP
+    reads ``LN2(x)``.
 
-    Returns ``{"W_E", "W_EE", "mlp", "attn_mlp"}``, each ``[vocab, d_model]`` (``mlp`` is the
-    MLP term alone, ``attn_mlp = W_EE - W_E``).
+    Returns ``{"W_E", "W_EE", "mlp", "attn_mlp"}``, each ``[vocab, d_model]``: ``W_E`` is the
+    raw embedding matrix, ``mlp`` the MLP term alone and ``attn_mlp = W_EE - x`` (``W_EE - W_E``
+    where the embedding is not scaled).
     """
-    if model.family not in ("gpt2", "gpt_neox", "llama"):
+    family = _family(model, "blocks")
+    if family.post_ln:
         raise LaminaError(
-            f"The effective embedding is defined for pre-LN blocks (GPT-2, GPT-NeoX, Llama); "
-            f"{model.name} is {model.family}.")
+            f"The effective embedding is defined for pre-LN (pre-norm) blocks; {model.name} is "
+            f"{family.name}, whose blocks normalise after each residual add.")
     hw = head_weights(model, 0)
-    block = model.base_module(model.adapter.block(0))
-    ln2 = block.ln_2 if model.family == "gpt2" else block.post_attention_layernorm
-    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    block = model.block(0)
+    ln2, mlp = _part(block, family.ln2), block.get_submodule(family.mlp)
+    post_attn, post_mlp = _part(block, family.post_attn_norm), _part(block, family.post_mlp_norm)
+    parallel = family.parallel(model.config)
+    scale = family.embed_scale(model.config)
     groups = hw.W_Q.shape[0] // hw.W_V.shape[0]
     OV = torch.einsum("hde,hef->df", hw.W_V.repeat_interleave(groups, 0), hw.W_O)  # [d, d]
     W_E = embedding_matrix(model)
+
+    def norm(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+        return x if module is None else module(x)
+
     parts: dict[str, list[torch.Tensor]] = {"W_EE": [], "mlp": []}
     with torch.inference_mode():
         for start in range(0, W_E.shape[0], batch_rows):
             x = W_E[start : start + batch_rows]
-            mid = x + hw.ln1(x) @ OV.to(x.dtype)
-            mlp = block.mlp(ln2(x if parallel else mid))
-            parts["W_EE"].append(mid + mlp)
-            parts["mlp"].append(mlp)
+            x = x * torch.tensor(scale, dtype=x.dtype) if scale != 1.0 else x
+            mid = x + norm(post_attn, norm(hw.ln1, x) @ OV.to(x.dtype))
+            out = norm(post_mlp, mlp(norm(ln2, x if parallel else mid)))
+            parts["W_EE"].append(mid + out)
+            parts["mlp"].append(out)
     W_EE = torch.cat(parts["W_EE"])
-    return {"W_E": W_E, "W_EE": W_EE, "mlp": torch.cat(parts["mlp"]), "attn_mlp": W_EE - W_E}
+    scaled = W_E * torch.tensor(scale, dtype=W_E.dtype) if scale != 1.0 else W_E
+    return {"W_E": W_E, "W_EE": W_EE, "mlp": torch.cat(parts["mlp"]), "attn_mlp": W_EE - scaled}

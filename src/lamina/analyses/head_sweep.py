@@ -110,7 +110,7 @@ def head_sweep(model: Model | str, heads: Sequence[tuple[int, int]] | None = Non
     """Rank attention heads by how strongly their query vector separates position 0's key.
 
     Args:
-        model: any model lamina loads (with an architecture adapter).
+        model: any model lamina loads (of a known architecture family).
         heads: ``(layer, head)`` pairs, or ``None`` for every head.
         query: ``"bias"`` (raw ``b_Q``) or ``"bias_folded"`` (``b_Q + ln1.bias @ W_Q``).
         n_sequences, seq_len, seed: the random sequences (at least 2 sequences, at least 2
@@ -123,8 +123,8 @@ def head_sweep(model: Model | str, heads: Sequence[tuple[int, int]] | None = Non
     if query not in ("bias", "bias_folded"):
         raise LaminaError(f"query must be 'bias' or 'bias_folded', not {query!r}.")
     model = load(model)
-    if model.adapter is None:
-        raise LaminaError(f"{model.name} has no architecture adapter: its heads are unknown.")
+    if model.architecture is None:
+        raise LaminaError(f"{model.name} has no known architecture family: its heads are unknown.")
     if model.max_length and seq_len > model.max_length:
         raise LaminaError(f"seq_len={seq_len} exceeds the model's context of "
                           f"{model.max_length} tokens.")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as _dt
 import html as _html
 import json
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lamina.atlas.registry import SECTION_MODULES
 from lamina.atlas.registry import sections as registered
+from lamina.atlas.save import MARKERS
 from lamina.atlas.section import ReportInputs, Section
 from lamina.errors import LaminaError
 
@@ -29,16 +29,6 @@ WARN_BYTES = 20_000_000
 CORPUS_CHARS, QUICK_CORPUS_CHARS = 100_000, 30_000
 #: Texts drawn from the corpus for norms and path length (quick: fewer).
 N_TEXTS, QUICK_TEXTS = 64, 16
-#: Files whose presence marks a directory as a previous report (it may be replaced).
-MARKERS = ("index.html", "manifest.json")
-
-
-def slug(name: str) -> str:
-    """A file- and anchor-safe form of a model name: its last path part, ``[a-z0-9._-]``."""
-    last = Path(str(name).rstrip("/\\")).name or str(name)
-    return re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-.") or "model"
-
-
 def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -231,7 +221,7 @@ def report(
     """
     from tqdm.auto import tqdm
 
-    from lamina import __version__
+    from lamina._version import __version__
 
     sections = [sections] if isinstance(sections, str) else sections
     targets = [targets] if isinstance(targets, str) else targets

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from markupsafe import Markup
 
+from lamina.atlas.section import ReportView
+
 if TYPE_CHECKING:
-    from lamina.atlas.core import Report
     from lamina.atlas.figures import InlineFigure
 
 #: Rows of a table shown on the page (the CSV has them all).
@@ -108,7 +109,7 @@ def _asset(name: str) -> Markup:
     return Markup(text)
 
 
-def context(report: Report) -> dict[str, Any]:
+def context(report: ReportView) -> dict[str, Any]:
     """Everything the template needs, as plain data."""
     models = []
     for i, (model, secs) in enumerate(report.sections.items()):
@@ -139,7 +140,7 @@ def context(report: Report) -> dict[str, Any]:
     }
 
 
-def render_page(report: Report) -> str:
+def render_page(report: ReportView) -> str:
     """The page's HTML (autoescaped: every model name, token and word is text)."""
     import jinja2
 

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from lamina.atlas.section import ReportView
 from lamina.outputs import atomic_dir, check_output_dir
 from lamina.results import _jsonable, write_csv
 
-if TYPE_CHECKING:
-    from lamina.atlas.core import Report
+#: Files whose presence marks a directory as a previous report (it may be replaced).
+MARKERS = ("index.html", "manifest.json")
+
+
+def slug(name: str) -> str:
+    """A file- and anchor-safe form of a model name: its last path part, ``[a-z0-9._-]``."""
+    last = Path(str(name).rstrip("/\\")).name or str(name)
+    return re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-.") or "model"
+
 
 
 def _parquet_available() -> bool:
@@ -24,9 +32,8 @@ def _parquet_available() -> bool:
     return True
 
 
-def folders(report: Report) -> dict[str, str]:
+def folders(report: ReportView) -> dict[str, str]:
     """Model name -> its folder name (a slug, made unique)."""
-    from lamina.atlas.core import slug
 
     out: dict[str, str] = {}
     for model in report.sections:
@@ -38,10 +45,9 @@ def folders(report: Report) -> dict[str, str]:
     return out
 
 
-def save_report(report: Report, directory: str | Path) -> Path:
+def save_report(report: ReportView, directory: str | Path) -> Path:
     """Write the report into ``directory`` (replaced as a whole; refused when it is a
     non-empty directory that is no previous report). Returns the path of ``index.html``."""
-    from lamina.atlas.core import MARKERS
 
     out = check_output_dir(directory, marker=MARKERS)
     page = report.html()

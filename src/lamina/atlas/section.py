@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -101,3 +101,18 @@ class SectionSpec:
     title: str
     applies: Callable[[Model, ReportInputs], str | None]
     run: Callable[[Model, ReportInputs], Section]
+
+
+class ReportView(Protocol):
+    """What the page (:mod:`lamina.atlas.html`) and the saved folders
+    (:mod:`lamina.atlas.save`) read from a :class:`lamina.atlas.core.Report`."""
+
+    sections: dict[str, list[Section]]
+    manifest: dict[str, Any]
+    inputs: ReportInputs
+    figures: dict[tuple[str, str, str], Any]
+    overlays: dict[tuple[str, str], Any]
+
+    def headlines(self) -> list[tuple[str, str, str]]: ...
+
+    def html(self) -> str: ...

@@ -47,7 +47,7 @@ def _bias_layers(model: Model) -> list[int]:
 
 def applies(model: Model, inputs: ReportInputs) -> str | None:
     """Needs a known attention layout, query biases, and heads within the model."""
-    if model.adapter is None:
+    if model.architecture is None:
         return "lamina does not know this architecture's attention weights."
     if not _bias_layers(model):
         return (f"{model.name}'s attention has no query bias (every b_Q is zero or absent), so "

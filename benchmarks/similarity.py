@@ -1,9 +1,12 @@
 """Benchmark of the similarity engine (issue 4).
 
     .venv/bin/python benchmarks/similarity.py [--json out.json] [--quick]
+        [--backend auto|torch|numba]
 
-Each method runs in its own subprocess; its peak memory is the child's ru_maxrss minus its
-resident memory once the input is loaded ("beyond the input"). Tasks:
+``--backend`` is passed to the lamina scans (``scan(..., backend=)``; default "auto": the
+compiled numba epilogue for float32 on CPU). Each method runs in its own subprocess; its peak
+memory is the child's ru_maxrss minus its resident memory once the input is loaded ("beyond
+the input"). Tasks:
 
 * histogram (100 bins) + top-10 per row over all unique pairs, on all-MiniLM-L6-v2's word
   embeddings (30522 x 384) and on a random float32 matrix of GPT-2's shape (50257 x 768),
@@ -35,6 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 BLOCK = 2048
 TMP = Path(tempfile.gettempdir()) / "lamina-bench-similarity"
+BACKEND_ENV = "LAMINA_BENCH_BACKEND"  # the parent's --backend, read by the scan children
 
 
 # --------------------------------------------------------------------------- children
@@ -96,18 +100,20 @@ def child_scan(x, fast: bool = False, tag: str = "") -> dict:
     import lamina.similarity as sim
 
     dtype = "bfloat16" if fast else None
+    backend = os.environ.get(BACKEND_ENV, "auto")
     t = time.perf_counter()  # the compiled epilogue loads once per process (compiles once)
-    sim.scan(x[:300], bins=100, topk=10, dtype=dtype)
+    sim.scan(x[:300], bins=100, topk=10, dtype=dtype, backend=backend)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    res = sim.scan(x, bins=100, topk=10, dtype=dtype)
+    res = sim.scan(x, bins=100, topk=10, dtype=dtype, backend=backend)
     seconds = time.perf_counter() - t
     TMP.mkdir(exist_ok=True)
     np.savez(TMP / f"{tag}.npz", values=res.topk_values, indices=res.topk_indices,
              counts=res.counts)
     return {"seconds": seconds, "first_call": first, "count": res.count, "mean": res.mean,
             "std": res.std,
-            "block_size": res.meta["block_size"], "workers": res.meta["workers"]}
+            "block_size": res.meta["block_size"], "workers": res.meta["workers"],
+            "backend": res.meta["backend"]}
 
 
 def child_notebook(x, rows: int) -> dict:
@@ -271,6 +277,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="minilm only, fewer repeats")
     parser.add_argument("--groups-only", action="store_true", help="only group statistics")
+    parser.add_argument("--backend", choices=["auto", "torch", "numba"], default="auto",
+                        help="backend= of the lamina scans (default auto)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -278,9 +286,10 @@ def main() -> None:
 
     import torch
 
+    os.environ[BACKEND_ENV] = args.backend  # inherited by the children (run_child copies it)
     info = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
                        f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}, "
-                       f"torch {torch.__version__}",
+                       f"torch {torch.__version__}, lamina backend={args.backend!r}",
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()}
     results: dict = {"info": info, "data": {}}
     datasets = [("minilm", 30522)] + ([] if args.quick else [("gpt2", 50257)])

@@ -61,12 +61,81 @@ def _bert() -> transformers.PreTrainedModel:
     return transformers.BertModel(cfg)
 
 
+def _gemma(version: str) -> Callable[[], transformers.PreTrainedModel]:
+    """Gemma / Gemma-2 / Gemma-3 (text): head_dim 8 given explicitly (Gemma's default is 256),
+    a sliding window of 4 on layers 0 and 2 (shorter than TEXTS' longest input), and, for
+    Gemma-2, soft-caps small enough that tanh is far from linear on these random weights."""
+
+    def make() -> transformers.PreTrainedModel:
+        common = dict(
+            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, intermediate_size=64, max_position_embeddings=64, **SMALL,
+        )
+        window = dict(sliding_window=4, query_pre_attn_scalar=8,
+                      layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        if version == "gemma":
+            return transformers.GemmaForCausalLM(transformers.GemmaConfig(**common))
+        if version == "gemma2":
+            cfg = transformers.Gemma2Config(**common, **window, attn_logit_softcapping=0.5,
+                                            final_logit_softcapping=0.5)
+            return transformers.Gemma2ForCausalLM(cfg)
+        return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**common, **window))
+
+    return make
+
+
+def _encoder_or_gptj(kind: str) -> Callable[[], transformers.PreTrainedModel]:
+    """GPT-J (rotary on 4 of each head's 8 dims), RoBERTa / XLM-R (pad id 0, the BERT
+    tokenizer's: positions from 1), DistilBERT, T5's encoder (d_kv 6, so n_heads * d_head is
+    24, not d_model)."""
+    def make() -> transformers.PreTrainedModel:
+        t = transformers
+        bert_like = dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+        config_cls, model_cls, args = {
+            "gptj": (t.GPTJConfig, t.GPTJForCausalLM, dict(
+                n_layer=3, n_embd=32, n_head=4, n_inner=64, n_positions=64, rotary_dim=4)),
+            "roberta": (t.RobertaConfig, t.RobertaModel, bert_like),
+            "xlm_roberta": (t.XLMRobertaConfig, t.XLMRobertaModel, bert_like),
+            "distilbert": (t.DistilBertConfig, t.DistilBertModel, dict(
+                n_layers=3, dim=32, n_heads=4, hidden_dim=64, max_position_embeddings=64,
+                pad_token_id=0)),
+            "t5_encoder": (t.T5Config, t.T5EncoderModel, dict(
+                num_layers=3, d_model=32, num_heads=4, d_kv=6, d_ff=64, pad_token_id=0,
+                decoder_start_token_id=0)),
+        }[kind]
+        return model_cls(config_cls(**args, **SMALL))
+
+    return make
+
+
 def _opt() -> transformers.PreTrainedModel:
     cfg = transformers.OPTConfig(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64,
         max_position_embeddings=64, word_embed_proj_dim=32, **SMALL,
     )
     return transformers.OPTForCausalLM(cfg)
+
+
+def _qwen3_phi3_olmo2(kind: str) -> Callable[[], transformers.PreTrainedModel]:
+    """Qwen3 with head_dim 16 != hidden / heads (as in Qwen3-0.6B), Phi-3 with rotary on half
+    of each head, OLMo-2; all with grouped-query attention."""
+    def make() -> transformers.PreTrainedModel:
+        config_cls, model_cls, extra = {
+            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                      dict(head_dim=16)),
+            "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
+                     dict(partial_rotary_factor=0.5, pad_token_id=0)),
+            "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {}),
+        }[kind]
+        cfg = config_cls(
+            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
+            **extra, **SMALL,
+        )
+        return model_cls(cfg)
+
+    return make
 
 
 #: One line per architecture family (or variant): a tiny random model built in code. Every
@@ -79,6 +148,17 @@ FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
     "mistral": _llama_like("mistral"),
     "qwen2": _llama_like("qwen2"),
     "bert": _bert,
+    "gptj": _encoder_or_gptj("gptj"),
+    "roberta": _encoder_or_gptj("roberta"),
+    "xlm_roberta": _encoder_or_gptj("xlm_roberta"),
+    "distilbert": _encoder_or_gptj("distilbert"),
+    "t5_encoder": _encoder_or_gptj("t5_encoder"),
+    "qwen3": _qwen3_phi3_olmo2("qwen3"),
+    "phi3": _qwen3_phi3_olmo2("phi3"),
+    "olmo2": _qwen3_phi3_olmo2("olmo2"),
+    "gemma": _gemma("gemma"),
+    "gemma2": _gemma("gemma2"),
+    "gemma3": _gemma("gemma3"),
 }
 #: Encoder families (names of FAMILIES entries); every other entry is a causal LM.
 ENCODERS = {"bert", "roberta", "xlm_roberta", "distilbert", "t5_encoder"}
@@ -130,14 +210,9 @@ def family_model(request: pytest.FixtureRequest) -> lamina.Model:
     return tiny(request.param)
 
 
-@pytest.fixture(scope="module", params=["compiled", "torch"])
+@pytest.fixture(scope="module", params=["numba", "torch"])
 def epilogue(request):
-    """Runs a module's scans and threshold sums with the compiled CPU kernels and with the
-    torch passes (what CUDA uses), so both stay tested against brute force on a CPU-only
-    machine."""
-    from lamina.similarity import _cpu_kernels
-
-    before = _cpu_kernels.ENABLED
-    _cpu_kernels.ENABLED = request.param == "compiled"
+    """The CPU backend a test passes as ``backend=`` to its float32 scans and threshold sums:
+    "numba" (the compiled CPU kernels) and "torch" (the torch passes, what CUDA uses), so
+    both stay tested against brute force on a CPU-only machine."""
     yield request.param
-    _cpu_kernels.ENABLED = before

@@ -126,12 +126,15 @@ def test_alignment_numbers_match_numpy() -> None:
     expected = keys @ q / np.linalg.norm(keys, axis=1) / np.linalg.norm(q)
     np.testing.assert_allclose(result.vocab_cosines, expected, atol=1e-6)
     frame = result.to_frame()
-    for row in result.summary.itertuples():
+    for row in result.by_position().itertuples():
         values = frame[frame["position"] == row.position]["cosine"].to_numpy()
         assert len(values) == 40
         np.testing.assert_allclose([row.mean, row.std, row.min, row.max],
                                    [values.mean(), values.std(ddof=1), values.min(),
                                     values.max()], rtol=1e-12)
+        assert result.summary["mean_by_position"][row.position] == pytest.approx(
+            values.mean(), rel=1e-12)
+    assert result.summary["vocab_mean"] == pytest.approx(expected.mean(), abs=1e-6)
     # position 0 in a random sequence is the token alone at position 0 (causal attention)
     first = frame[frame["position"] == 0]["cosine"].to_numpy()
     assert np.isin(np.round(first, 6), np.round(expected, 6)).all()

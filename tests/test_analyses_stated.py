@@ -62,7 +62,7 @@ def test_pathlength_encoder_gives_path_lengths_and_says_why_no_correlation(
         models: dict[str, lamina.Model], paths: dict[str, str]) -> None:
     text = "the cat sat on the mat and looked at the moon"
     result = pathlength({"enc": models["bert"], "dec": models["gpt2"]}, text)
-    rows = result.summary.set_index("model")
+    rows = result.per_model.set_index("model")
     assert re.search(r"need a causal LM.*not one \(bert\)", rows.loc["enc", "correlation_note"])
     assert np.isnan(rows.loc["enc", "pearson_r"])
     assert rows.loc["dec", "correlation_note"] == "" and np.isfinite(rows.loc["dec", "pearson_r"])
@@ -82,15 +82,16 @@ def test_pathlength_encoder_gives_path_lengths_and_says_why_no_correlation(
 
 
 def test_pathlength_says_when_a_text_is_too_short(models: dict[str, lamina.Model]) -> None:
-    summary = pathlength(models["gpt2"], [5, 6]).summary.iloc[0]
+    summary = pathlength(models["gpt2"], [5, 6]).per_model.iloc[0]
     assert "too short" in summary["correlation_note"] and summary["n_tokens"] == 2
-    summary = pathlength(models["gpt2"], [5, 6, 7, 8]).summary.iloc[0]
+    summary = pathlength(models["gpt2"], [5, 6, 7, 8]).per_model.iloc[0]
     assert summary["n_pairs"] == 2 and np.isnan(summary["pearson_r"])
     assert "2 usable position(s)" in summary["correlation_note"]
 
 
 def test_pathlength_loads_each_model_once(monkeypatch, paths: dict[str, str]) -> None:
-    module = importlib.import_module("lamina.analyses.pathlength")  # not the function
+    # the loader the analyses' helper (lamina.analyses.layerwise.load_models) calls
+    module = importlib.import_module("lamina.models")  # not the function
     calls: list[Any] = []
 
     def counting_load(spec: Any, **kwargs: Any) -> lamina.Model:

@@ -183,7 +183,7 @@ def test_pathlength_console_prints_headline_numbers(gpt2_dir) -> None:
     text = "the king is dead, long live the king, my lord"
     out, _ = run(["pathlength", "--model", gpt2_dir, "--text", text])
     _check_console(out)
-    want = pathlength({gpt2_dir: gpt2_dir}, text).summary.iloc[0]
+    want = pathlength({gpt2_dir: gpt2_dir}, text).per_model.iloc[0]
     row = table(out, "model")[0]
     for printed, column in [("pearson_r", "pearson_r"), ("p", "pearson_p"),
                             ("spearman_r", "spearman_r"), ("ci_low", "pearson_ci_low"),

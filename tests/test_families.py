@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lamina
-from conftest import FAMILIES, TEXTS, save_model, tiny
+from conftest import CAUSAL, FAMILIES, TEXTS, save_model, tiny
 from lamina.families import FAMILIES as REGISTRY
 from lamina.weights import head_weights
 
@@ -137,3 +137,39 @@ def test_unknown_architecture_names_families_and_the_module_escape() -> None:
     assert "module:" in message
     for family in REGISTRY:
         assert family.name in message
+
+
+def test_plan_says_what_capture_runs() -> None:
+    """``Model.plan``: the resolved sites, the module to call, where the pass stops, padding
+    and the forward arguments; ``run_capture`` needs nothing else."""
+    from lamina.capture import run_capture
+
+    model = tiny("llama", padding_side="left")
+    plan = model.plan("resid_post.1", positions="last")
+    assert [s.name for s in plan.sites] == ["blocks.1.hook_resid_post"]
+    assert plan.runner is model.hf_model.model  # the base model, not the LM head
+    assert plan.stop_at == ("model.layers.1", "output")
+    assert plan.left_padding and plan.pad_id == model.pad_id and plan.takes_mask
+    assert model.plan("hook_embed").stop_at == ("model.layers.0", "input")
+    assert model.plan("hidden.*").stop_at is None  # the last hidden state is after the norm
+    ids = model.to_tokens(TEXTS)
+    captured = run_capture(plan, ids, 2, torch.float32, "cpu", False)
+    expected = model.collect(TEXTS, "resid_post.1", batch_size=2)["blocks.1.hook_resid_post"]
+    assert torch.equal(captured.tensors["blocks.1.hook_resid_post"], expected)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_readout_of_the_last_residual_is_the_models_logits(name: str) -> None:
+    """``logits_from_resid`` (the logit lens) on the last block's output gives Hugging Face's
+    own logits, soft-cap included (Gemma-2)."""
+    from lamina.readout import logits_from_resid
+
+    model = randomised(tiny(name))
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    resid = model.collect(TEXTS, last)[last]
+    got = logits_from_resid(model, resid)
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([model.to_tokens(text)[0]])
+        with torch.no_grad():
+            expected = model.hf_model(input_ids=ids).logits[0, -1]
+        torch.testing.assert_close(got[i], expected.float(), atol=1e-4, rtol=1e-4)

@@ -41,8 +41,8 @@ def _alignment() -> AlignmentResult:
     positions = {p: 0.9450 + 0.0006 * rng.random(50) for p in (0, 9, 19, 39)}
     vocab = 0.2 + 0.1 * rng.random(300)
     return AlignmentResult(vocab, positions, {}, {"W_E": vocab - 0.05}, {"key_position_0": 0.9452},
-                           summary=pd.DataFrame(), meta={"model": "m", "layer": 1, "head": 2,
-                                                         "query": "bias"})
+                           summary={}, meta={"model": "m", "layer": 1, "head": 2,
+                                             "query": "bias"})
 
 
 def test_alignment_small_multiples_fit_the_data() -> None:
@@ -108,8 +108,9 @@ def _pathlength() -> PathLengthResult:
             for p in range(4) for layer in range(3)]
     targets = pd.DataFrame({"model": "m", "position": range(4), "logit": [1.0, 2, 3, 4],
                             "logprob": -1.0, "loss": 1.0, "used": True})
-    summary = pd.DataFrame([{"model": "m", "pearson_r": 0.5, "spearman_r": 0.4}])
-    return PathLengthResult(pd.DataFrame(rows), targets, summary=summary,
+    per_model = pd.DataFrame([{"model": "m", "pearson_r": 0.5, "spearman_r": 0.4}])
+    return PathLengthResult(pd.DataFrame(rows), targets, per_model,
+                            summary={"models": ["m"], "n_models": 1, "notes": []},
                             meta={"sites": "resid_post"})
 
 

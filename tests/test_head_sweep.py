@@ -52,7 +52,7 @@ def test_matches_alignment_for_top_head(gpt2):
     for row in res.table.itertuples():
         a = alignment(gpt2, row.layer, row.head, positions=range(6), n_sequences=4, seq_len=6,
                       seed=1)
-        s = a.summary.set_index("position")["mean"]
+        s = a.by_position().set_index("position")["mean"]
         assert row.mean_position_0 == pytest.approx(s[0], abs=1e-6)
         assert row.mean_later == pytest.approx(s.loc[1:].mean(), abs=1e-6)
 

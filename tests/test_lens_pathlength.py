@@ -96,7 +96,7 @@ def test_pathlength_matches_numpy(name: str) -> None:
     nxt = ids[1:].numpy()
     next_logit = logits[np.arange(len(nxt)), nxt][1:]
     final_step = steps[-1, 1:-1]
-    row = result.summary.iloc[0]
+    row = result.per_model.iloc[0]
     assert row["n_pairs"] == len(ids) - 2
     np.testing.assert_allclose(row["pearson_r"], stats.pearsonr(final_step, next_logit)[0],
                                rtol=1e-6)
@@ -110,14 +110,14 @@ def test_pathlength_matches_numpy(name: str) -> None:
 
 def test_pathlength_several_models_and_encoder(minilm: lamina.Model, tmp_path) -> None:
     result = pathlength({"gpt2": tiny("gpt2"), "llama": tiny("llama", seed=1)}, TEXT)
-    assert list(result.summary["model"]) == ["gpt2", "llama"]
+    assert list(result.per_model["model"]) == ["gpt2", "llama"]
     assert set(result.to_frame()["model"]) == {"gpt2", "llama"}
     saved = result.save(tmp_path / "pl")
     assert (saved / "pathlength_summary.csv").exists() and (saved / "pathlength.png").exists()
     encoder = pathlength(minilm, TEXT)  # no logits for an encoder: path length only, stated
-    assert "pearson_r" not in encoder.summary or encoder.summary["pearson_r"].isna().all()
-    assert "need a causal LM" in encoder.summary["correlation_note"].iloc[0]
-    assert (result.summary["correlation_note"] == "").all()
+    assert "pearson_r" not in encoder.per_model or encoder.per_model["pearson_r"].isna().all()
+    assert "need a causal LM" in encoder.per_model["correlation_note"].iloc[0]
+    assert (result.per_model["correlation_note"] == "").all()
     assert encoder.to_frame()["layer"].max() == 6
     resid = pathlength(tiny("gpt2"), TEXT, sites="resid_post").to_frame()
     assert resid["site"].iloc[-1] == "blocks.2.hook_resid_post"

@@ -56,6 +56,11 @@ TL_VOCABULARY = re.compile(
 
 def _load(name: str) -> lamina.Model:
     model = lamina.load("minilm", device="cpu") if name == "minilm" else tiny(name)
+    if name != "minilm":  # random init leaves norms at identity: make them count
+        gen = torch.Generator().manual_seed(0)
+        for p in model.hf_model.parameters():
+            if p.ndim == 1:
+                p.data = torch.randn(p.shape, generator=gen) * 0.3 + 0.5
     # The bridge forces eager attention on the module it wraps: compare like with like.
     model.hf_model.set_attn_implementation("eager")
     return model
@@ -83,7 +88,9 @@ def tl_name(model: lamina.Model, site: str) -> str:
         # the last hidden state: after the final norm, or BERT's last block output
         if model.family == "bert":
             return f"blocks.{n - 1}.hook_resid_post"
-        return "ln_final.hook_normalized"
+        return "ln_final.hook_out"
+    if site == "ln_final.hook_normalized":  # the norm module's output, scale and bias applied
+        return "ln_final.hook_out"  # (TL's hook_normalized is before them: see docs/sites.md)
     if model.family == "bert":
         if site == "hook_embed":
             return "embed.hook_out"  # TL's hook_embed is the embedding LayerNorm's output
@@ -182,3 +189,15 @@ def test_bert_transformerlens_names_documented_relations(pair: Pair) -> None:
         with torch.no_grad():
             normalized_mid = pair.layer_norms[L](acts[p + "hook_resid_mid"])
         assert_masked_close(normalized_mid, cache[p + "hook_attn_out"], mask, p + "attn_out")
+
+
+@pytest.mark.parametrize("pair", ["gpt2", "llama"], indirect=True)
+def test_final_norm_names_documented_relation(pair: Pair) -> None:
+    """lamina's ``ln_final.hook_normalized`` is the final norm module's output; TL 4.x's hook
+    of that name is the normalised value before the norm's weight (and bias)."""
+    model, acts, cache = pair.model, pair.acts, pair.cache
+    norm = model.hf_model.get_submodule(model.base_path(model.architecture.final_norm))
+    theirs = cache["ln_final.hook_normalized"] * norm.weight.detach()
+    if getattr(norm, "bias", None) is not None:
+        theirs = theirs + norm.bias.detach()
+    assert_masked_close(acts["ln_final.hook_normalized"], theirs, acts.mask, "ln_final")

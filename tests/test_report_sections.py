@@ -171,7 +171,7 @@ def test_alignment_section_is_the_sweep(gpt2):
     assert f"head {layer}.{head}'s" in s.findings[0]
     assert f"{sweep.summary['top_gap']:+.3f}" in s.findings[0]
     top = alignment(gpt2, layer, head, positions=[0, 1, 20, 39], n_sequences=200, seq_len=40)
-    assert s.summary["top_head_positions"] == top.summary.to_dict("records")
+    assert s.summary["top_head_positions"] == top.by_position().to_dict("records")
     assert f"alignment_{layer}_{head}" in s.figures
     assert s.summary["top_head_positions"][0]["mean"] == pytest.approx(
         sweep.summary["top_mean_position_0"], abs=1e-6)
@@ -282,7 +282,7 @@ def test_pathlength_section(name, gpt2, bert):
     t = ref.to_frame()
     last = t[t["layer"] == t["layer"].max()]
     assert layers["mean_step"].iloc[-1] == pytest.approx(last["step_norm"].mean(), rel=1e-12)
-    row = ref.summary.iloc[0]
+    row = ref.per_model.iloc[0]
     if name == "bert":
         assert "causal" in s.findings[1] and s.summary["pearson_r"] is None
     else:

@@ -7,9 +7,11 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import TEXTS, tiny
 from lamina.analyses import norms
+from lamina.errors import LaminaError
 from lamina.results import Result
 
 
@@ -64,7 +66,7 @@ def test_repr_html_table_of_scalars_escaped() -> None:
     assert "nested" not in text and "x" * 100 not in text
 
 
-def test_subclass_can_override_and_frame_summary() -> None:
+def test_subclass_can_override_and_summary_is_a_dict() -> None:
     @dataclass
     class _Own(_Toy):
         def __repr__(self) -> str:
@@ -76,9 +78,12 @@ def test_subclass_can_override_and_frame_summary() -> None:
 
     frame = pd.DataFrame({"a": [1]})
     assert repr(_Own(frame)) == "own" and repr(_Child(frame)) == "own"
-    multi = _Toy(frame, summary=pd.DataFrame({"model": ["a", "b"]}),
-                 meta={"models": {"a": {}, "b": {}}})
-    assert repr(multi) == "_Toy(model=['a', 'b'], 1 rows, summary of 2 rows)"
+    # a summary is always a dict: a table of one row per model is a frame of the result
+    with pytest.raises(LaminaError, match="summary must be a dict"):
+        _Toy(frame, summary=pd.DataFrame({"model": ["a", "b"]}),
+             meta={"models": {"a": {}, "b": {}}})
+    multi = _Toy(frame, summary={"models": ["a", "b"]}, meta={"models": {"a": {}, "b": {}}})
+    assert repr(multi) == "_Toy(model=['a', 'b'], 1 rows)"
     assert multi._repr_html_().count("<tr>") == 0
 
 

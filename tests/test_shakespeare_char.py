@@ -50,7 +50,7 @@ def test_tokenizer_round_trips_the_corpus(char_model: lamina.Model) -> None:
 
 def test_layerwise_analyses_run_on_the_char_model(char_model: lamina.Model) -> None:
     pl = pathlength(char_model, LINE)
-    row = pl.summary.iloc[0]
+    row = pl.per_model.iloc[0]
     assert row["n_pairs"] == len(LINE) - 2 and np.isfinite(row["pearson_r"])
     ln = lens(char_model, LINE).to_frame()
     last = ln[ln["layer"] == ln["layer"].max()]
@@ -73,4 +73,4 @@ def test_layerwise_analyses_run_on_the_char_model(char_model: lamina.Model) -> N
     # hidden.0 is the embedding at the window's last position: the same word is the same vector
     assert ctx.to_frame()["within_mean"].iloc[0] == pytest.approx(1.0, abs=1e-6)
     al = alignment(char_model, 1, 0, n_sequences=100, seq_len=40)
-    assert len(al.vocab_cosines) == 65 and list(al.summary["position"]) == [0, 9, 19, 39]
+    assert len(al.vocab_cosines) == 65 and list(al.by_position()["position"]) == [0, 9, 19, 39]

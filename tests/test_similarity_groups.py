@@ -136,8 +136,9 @@ def test_duplicate_groups_are_the_connected_components_of_near_identical_rows():
     assert [g.tolist() for g in dups.groups] == [[7, 10, 50, 300], [100, 200, 201]]
     assert dups.labels(400)[[7, 300, 100, 0]].tolist() == [0, 0, 1, -1]
     assert len(dups.to_frame()) == 7
-    # the same groups from scan(groups=True), and by euclidean distance for exact copies
-    assert len(sim.scan(x, threshold=0.9999, groups=True).duplicate_groups) == 2
+    # the same groups on the result of the scan that found them, and by euclidean distance
+    # for exact copies
+    assert len(sim.duplicate_groups(x, threshold=0.9999).scan.duplicate_groups) == 2
     by_dist = sim.duplicate_groups(x, 1e-3, metric="euclidean")
     assert [g.tolist() for g in by_dist.groups] == [[7, 10, 50, 300], [100, 201]]
     with pytest.raises(LaminaError, match="needs a threshold"):

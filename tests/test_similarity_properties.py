@@ -15,8 +15,8 @@ import lamina.similarity as sim
 from lamina.errors import LaminaError
 from sim_brute import full, upper
 
-# every test runs with both CPU epilogues (see conftest.epilogue)
-pytestmark = pytest.mark.usefixtures("epilogue")
+# every scan runs with both CPU backends, backend=epilogue: "numba" and "torch"
+# (see conftest.epilogue)
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -49,12 +49,12 @@ def usable_rows(x, metric, subset):
 
 @SETTINGS
 @given(problems(), st.integers(1, 30), st.booleans())
-def test_scan_matches_the_dense_matrix(problem, bins, largest):
+def test_scan_matches_the_dense_matrix(epilogue, problem, bins, largest):
     x, metric, block, subset = problem
     rows = usable_rows(x, metric, subset)
     if len(rows) < 2:
         with pytest.raises(LaminaError, match="at least 2 rows"):
-            sim.scan(x, metric=metric, subset=subset)
+            sim.scan(x, metric=metric, subset=subset, backend=epilogue)
         return
     # the same rows and block size as the scan: the same products, the same float32 values
     m = sim.matrix(x, metric=metric, subset=subset, block_size=block)
@@ -70,7 +70,7 @@ def test_scan_matches_the_dense_matrix(problem, bins, largest):
     below = metric == "euclidean"
     res = sim.scan(x, metric=metric, subset=subset, bins=bins, range=(lo, hi), topk=k,
                    largest=largest, threshold=threshold, threshold_below=below,
-                   block_size=block)
+                   block_size=block, backend=epilogue)
     # every pair once, histogram identical to numpy on the same values
     assert res.count == len(rows) * (len(rows) - 1) // 2
     np.testing.assert_array_equal(res.counts, np.histogram(vals, bins=bins, range=(lo, hi))[0])
@@ -100,7 +100,7 @@ def test_scan_matches_the_dense_matrix(problem, bins, largest):
 
 @SETTINGS
 @given(problems(), st.integers(1, 30))
-def test_cross_scan_counts_all_pairs_of_x_and_y(problem, rows_y):
+def test_cross_scan_counts_all_pairs_of_x_and_y(epilogue, problem, rows_y):
     x, metric, block, _ = problem
     rng = np.random.default_rng(rows_y)
     y = rng.integers(-3, 4, size=(rows_y, x.shape[1])).astype(np.float32)
@@ -111,7 +111,7 @@ def test_cross_scan_counts_all_pairs_of_x_and_y(problem, rows_y):
     m = sim.matrix(x, y, metric=metric, block_size=block)
     m = m[np.ix_(usable(x), usable(y))]
     res = sim.scan(x, y, metric=metric, bins=7, range=(m.min() - 1, m.max() + 1),
-                   block_size=block)
+                   block_size=block, backend=epilogue)
     assert res.count == m.size
     np.testing.assert_array_equal(res.counts,
                                   np.histogram(m, bins=7, range=(m.min() - 1, m.max() + 1))[0])
@@ -120,12 +120,12 @@ def test_cross_scan_counts_all_pairs_of_x_and_y(problem, rows_y):
 
 @SETTINGS
 @given(st.integers(2, 60), st.integers(1, 8), st.integers(1, 70))
-def test_block_size_and_workers_do_not_change_exact_results(n, d, block):
+def test_block_size_and_workers_do_not_change_exact_results(epilogue, n, d, block):
     rng = np.random.default_rng(n * 100 + d)
     x = rng.standard_normal((n, d)).astype(np.float32)
     k = min(2, n - 1)
-    one = sim.scan(x, bins=16, topk=k, block_size=block, workers=1)
-    two = sim.scan(x, bins=16, topk=k, block_size=block, workers=2)
+    one = sim.scan(x, bins=16, topk=k, block_size=block, workers=1, backend=epilogue)
+    two = sim.scan(x, bins=16, topk=k, block_size=block, workers=2, backend=epilogue)
     np.testing.assert_array_equal(one.counts, two.counts)
     np.testing.assert_array_equal(one.topk_values, two.topk_values)
     assert one.count == two.count == n * (n - 1) // 2

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 import lamina.similarity as sim
 from lamina import store as lstore
 
-# every test runs with the compiled CPU kernel and with the mask products (see conftest)
-pytestmark = pytest.mark.usefixtures("epilogue")
+# every test runs with the compiled CPU kernel (backend="numba") and with the mask products
+# (backend="torch"), passed as backend=epilogue (see conftest.epilogue)
 
 
 def brute(x: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds, metric: str) -> np.ndarray:
@@ -31,7 +31,7 @@ def brute(x: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds, metric: str) 
 
 
 @pytest.mark.parametrize("metric", ["cosine", "correlation", "dot"])
-def test_sums_equal_explicit_membership(metric: str) -> None:
+def test_sums_equal_explicit_membership(epilogue, metric: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((150, 12)).astype(np.float32)
     y = rng.standard_normal((530, 12)).astype(np.float32)
@@ -40,7 +40,7 @@ def test_sums_equal_explicit_membership(metric: str) -> None:
     y[9] = y[8]  # an exact duplicate: both count
     w = rng.integers(0, 6, (530, 5)).astype(np.float64)
     thresholds = [-0.2, 0.0, 0.3, 0.71] if metric != "dot" else [-1.0, 2.0, 5.0]
-    got = sim.threshold_sums(x, y, w, thresholds, metric=metric, block_size=128)
+    got = sim.threshold_sums(x, y, w, thresholds, metric=metric, block_size=128, backend=epilogue)
     expected = brute(x, y, w, thresholds, metric)
     np.testing.assert_array_equal(got, expected)
     assert got.shape == (150, len(thresholds), 5)
@@ -48,7 +48,7 @@ def test_sums_equal_explicit_membership(metric: str) -> None:
         assert not got[4].any()  # a zero query matches nothing
 
 
-def test_sparse_weights_a_store_and_a_single_threshold(tmp_path) -> None:
+def test_sparse_weights_a_store_and_a_single_threshold(epilogue, tmp_path) -> None:
     rng = np.random.default_rng(2)
     y = torch.from_numpy(rng.standard_normal((900, 16)).astype(np.float32))
     x = y[[5, 100, 899]] + 0.05 * torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
@@ -56,7 +56,7 @@ def test_sparse_weights_a_store_and_a_single_threshold(tmp_path) -> None:
     counts.data = np.ceil(counts.data * 9)
     ones = np.ones((900, 1))
     w = sp.hstack([counts, ones]).tocsr()
-    got = sim.threshold_sums(x, y, w, 0.5, block_size=64)
+    got = sim.threshold_sums(x, y, w, 0.5, block_size=64, backend=epilogue)
     expected = brute(x.numpy(), y.numpy(), w.toarray(), [0.5], "cosine")
     np.testing.assert_array_equal(got, expected)
     assert (got[:, 0, -1] >= 1).all()  # each query is close to the row it was made from
@@ -73,15 +73,16 @@ def test_sparse_weights_a_store_and_a_single_threshold(tmp_path) -> None:
         "format": "lamina.store/1", "model": "none", "sites": ["v"], "shapes": {"v": [16]},
         "positions": "last", "fingerprint": "none", "dtype": "float32", "n_rows": 900,
         "shards": shards}))
-    from_store = sim.threshold_sums(x, lstore.open(st_dir)["v"], w, [0.5], block_size=64)
+    from_store = sim.threshold_sums(x, lstore.open(st_dir)["v"], w, [0.5], block_size=64,
+                                    backend=epilogue)
     np.testing.assert_array_equal(from_store, got)
 
 
-def test_bad_weights_and_thresholds_are_clear_errors() -> None:
+def test_bad_weights_and_thresholds_are_clear_errors(epilogue) -> None:
     x, y = np.ones((3, 4)), np.eye(4)
     with pytest.raises(sim.SimilarityInputError, match="one row per row of y"):
-        sim.threshold_sums(x, y, np.ones((5, 2)), 0.5)
+        sim.threshold_sums(x, y, np.ones((5, 2)), 0.5, backend=epilogue)
     with pytest.raises(sim.SimilarityInputError, match="finite"):
-        sim.threshold_sums(x, y, np.ones((4, 2)), [0.5, np.nan])
+        sim.threshold_sums(x, y, np.ones((4, 2)), [0.5, np.nan], backend=epilogue)
     with pytest.raises(sim.SimilarityInputError, match="NaN"):
-        sim.threshold_sums(x, y, np.full((4, 1), np.inf), 0.5)
+        sim.threshold_sums(x, y, np.full((4, 1), np.inf), 0.5, backend=epilogue)

@@ -42,6 +42,8 @@ class CapturePlan:
         device: where input ids are sent.
         takes_mask, takes_position_ids, no_cache: the forward arguments ``runner`` accepts
             (a model without ``attention_mask`` gets batches of one length only).
+        position_offset: added to the position ids passed (``0, 1, ...`` over each input's
+            real tokens); RoBERTa numbers positions from ``padding_idx + 1``.
     """
 
     root: torch.nn.Module
@@ -55,6 +57,7 @@ class CapturePlan:
     takes_mask: bool
     takes_position_ids: bool
     no_cache: bool
+    position_offset: int = 0
 
 
 def forward_arguments(module: torch.nn.Module, causal: bool) -> dict[str, bool]:
@@ -219,7 +222,8 @@ def _run(plan: CapturePlan, input_ids: torch.Tensor, mask: torch.Tensor) -> None
     if plan.takes_mask:
         kwargs["attention_mask"] = mask.to(plan.device)
     if plan.takes_position_ids:
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(plan.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + plan.position_offset
+        kwargs["position_ids"] = positions.to(plan.device)
     if plan.no_cache:
         kwargs["use_cache"] = False
     try:

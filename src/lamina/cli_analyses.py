@@ -70,7 +70,7 @@ def pathlength(
     from lamina.analyses import pathlength as run
 
     result = run({m: m for m in model}, _text(text), sites=sites, truncate=truncate)
-    _print_frame(result.summary, PATHLENGTH_COLUMNS, width=20)
+    _print_frame(result.per_model, PATHLENGTH_COLUMNS, width=20)
     for note in result.notes():
         typer.echo(f"note: {note}")
     _save(result, out, figure_format)
@@ -195,5 +195,5 @@ def alignment(
                f"mean {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f})")
     side = result.meta["key_side"]
     typer.echo(f"key side: {side['fallback'] or ', '.join(side['matrices'])}")
-    _print_frame(result.summary)
+    _print_frame(result.by_position())
     _save(result, out, figure_format)

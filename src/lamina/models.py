@@ -19,7 +19,7 @@ import torch.nn as nn
 from lamina.activations import Activations
 from lamina.capture import CapturePlan, forward_arguments, run_capture
 from lamina.errors import LaminaError, TokenizationError
-from lamina.families import Dims, Family, family_for
+from lamina.families import Dims, Family, dims_from_config, family_for
 from lamina.inputs import Positions, check_batch_size, check_positions, tokenize
 from lamina.loading import (
     check_local_dir,
@@ -81,14 +81,9 @@ class Model:
         self.processing = list(processing)
         self.config = getattr(hf_model, "config", None)
         self.architecture: Family | None = family_for(self.config) if self.config else None
-        if self.architecture is not None:
-            self.dims: Dims = self.architecture.dims(self.config)
-        elif self.config is not None:
-            from lamina.families import dims_from_config
-
-            self.dims = dims_from_config(self.config)
-        else:
-            self.dims = Dims(-1, -1, -1, -1, -1, len(tokenizer) if tokenizer else -1, None)
+        read_dims = self.architecture.dims if self.architecture else dims_from_config
+        self.dims: Dims = read_dims(self.config) if self.config is not None else Dims(
+            -1, -1, -1, -1, -1, len(tokenizer) if tokenizer else -1, None)
         base = getattr(hf_model, "base_model", hf_model)
         self._base_prefix = next(
             (name for name, module in hf_model.named_modules() if module is base), ""
@@ -212,7 +207,8 @@ class Model:
         return CapturePlan(
             root=self.hf_model, runner=runner, sites=resolved, positions=positions,
             stop_at=stop_at, pad_id=self.pad_id, left_padding=self.padding_side == "left",
-            device=self.device, **forward_arguments(runner, self.is_causal))
+            device=self.device, **forward_arguments(runner, self.is_causal),
+            position_offset=family.position_offset(self.config) if family is not None else 0)
 
     def to_tokens(self, inputs: Any, *, truncate: bool = False) -> list[list[int]]:
         """Token ids of each input, as :meth:`collect` feeds them to the model."""

@@ -34,9 +34,13 @@ def unembedding(model: Model) -> nn.Module:
 
 
 def logits_from_resid(model: Model, resid: torch.Tensor) -> torch.Tensor:
-    """``unembed(final_norm(resid))``: ``[..., d_model]`` -> ``[..., vocab]`` in float32."""
+    """``unembed(final_norm(resid))``: ``[..., d_model]`` -> ``[..., vocab]`` in float32,
+    soft-capped as the model caps its own logits (Gemma-2's ``final_logit_softcapping``:
+    ``cap * tanh(logits / cap)``)."""
     norm, head = final_norm(model), unembedding(model)
     weight = next(head.parameters())
+    cap = getattr(model.config, "final_logit_softcapping", None)
     with torch.inference_mode():
         x = resid.to(device=weight.device, dtype=weight.dtype)
-        return head(norm(x)).float()
+        logits = head(norm(x)).float()
+        return torch.tanh(logits / cap) * cap if cap else logits

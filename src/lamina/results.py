@@ -1,6 +1,7 @@
 """The common shape of analysis results: a small dataclass with ``to_frame()``, ``plot()``
-and ``save(dir)``. ``summary`` holds the headline numbers (a dict, or a frame with one row per
-model), ``meta`` the model, the options and the library versions; both go to ``summary.json``."""
+and ``save(dir)``. ``summary`` holds the headline numbers, always a dict (tables, such as one row
+per model, are pandas frames reached through the result and saved as CSV), ``meta`` the model,
+the options and the library versions; both go to ``summary.json``, a JSON object."""
 
 from __future__ import annotations
 
@@ -89,12 +90,21 @@ def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
 @dataclass
 class Result:
     """Base of every analysis result. Subclasses implement :meth:`to_frame` and :meth:`plot`
-    (returning a matplotlib Figure) and fill ``summary`` and ``meta``."""
+    (returning a matplotlib Figure) and fill ``summary`` (a dict of headline numbers: a table
+    belongs in a frame, returned by :meth:`to_frame` or :meth:`extra_tables`) and ``meta``."""
 
-    summary: Any = field(default_factory=dict, kw_only=True)
+    summary: dict[str, Any] = field(default_factory=dict, kw_only=True)
     meta: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     name = "result"
+
+    def __post_init__(self) -> None:
+        """Refuse a summary that is not a dict (a frame belongs among the tables)."""
+        if not isinstance(self.summary, dict):
+            raise LaminaError(
+                f"{type(self).__name__}.summary must be a dict of headline numbers, not "
+                f"{type(self.summary).__name__}: put a table in a frame of the result (its "
+                "to_frame() or extra_tables()).")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Keep the short repr below: ``@dataclass`` only writes a ``__repr__`` that the class
@@ -107,8 +117,6 @@ class Result:
     def headline(self) -> dict[str, Any]:
         """The summary's scalar numbers (and short strings), name -> value: what
         :meth:`__repr__` and :meth:`_repr_html_` show. Subclasses may override."""
-        if not isinstance(self.summary, dict):
-            return {}
         return {k: v for k, v in self.summary.items()
                 if isinstance(v, (int, float, np.integer, np.floating))
                 or (isinstance(v, str) and len(v) <= 40 and k != "conclusion_short")}
@@ -126,9 +134,7 @@ class Result:
             parts.append(f"{len(self.to_frame())} rows")
         except Exception:  # noqa: BLE001 - a repr must never raise
             pass
-        if isinstance(self.summary, pd.DataFrame):
-            parts.append(f"summary of {len(self.summary)} rows")
-        elif isinstance(self.summary, dict) and self.summary.get("conclusion_short"):
+        if self.summary.get("conclusion_short"):
             parts.append(str(self.summary["conclusion_short"]))
         numbers = [(k, v) for k, v in self.headline().items()
                    if not isinstance(v, (bool, np.bool_, str))]
@@ -173,9 +179,6 @@ class Result:
             raise LaminaError(f"dpi must be an integer in [10, 2400], not {dpi!r}.",
                               cli=f"--dpi must be an integer in [10, 2400], not {dpi!r}.")
         out = check_output_dir(directory, marker="summary.json")
-        summary = self.summary
-        if isinstance(summary, pd.DataFrame):
-            summary = summary.to_dict(orient="records")
         with atomic_dir(out) as tmp:
             write_csv(self.to_frame(), tmp / f"{self.name}.csv")
             for stem, frame in self.extra_tables().items():
@@ -186,5 +189,5 @@ class Result:
                                 format=fmt)
                 plt.close(fig)
             (tmp / "summary.json").write_text(
-                json.dumps(_jsonable({"summary": summary, **self.meta}), indent=2))
+                json.dumps(_jsonable({"summary": self.summary, **self.meta}), indent=2))
         return out

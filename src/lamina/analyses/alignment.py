@@ -29,7 +29,10 @@ from lamina.weights import effective_embedding, embedding_matrix, folded_query_b
 class AlignmentResult(Result):
     """``vocab_cosines``: ``[vocab]`` cosine of the query vector with each token's key at
     position 0 (token alone). ``position_cosines``: position -> ``[n_sequences]``.
-    ``summary``: one row per position (``position``, ``mean``, ``std``, ``min``, ``max``).
+    :meth:`by_position` (saved as ``alignment_summary.csv``): one row per position
+    (``position``, ``mean``, ``std``, ``min``, ``max``, ``n``). ``summary``: the vocabulary
+    sweep's ``vocab_mean``, ``vocab_std``, ``vocab_min``, ``vocab_max`` and
+    ``mean_by_position`` (position -> mean cosine).
     ``vocab``: statistics and extreme tokens of the vocabulary sweep; ``key_side``: cosines
     with ``W_E``/effective-embedding transforms (``meta["key_side"]`` says which matrices were
     used and, when only ``W_E``, why); ``bos``: the BOS-specific figures."""
@@ -51,7 +54,15 @@ class AlignmentResult(Result):
         vocab = pd.DataFrame({"token_id": np.arange(len(self.vocab_cosines)),
                               "key_cosine": self.vocab_cosines,
                               **{f"{k}_cosine": v for k, v in self.key_side.items()}})
-        return {"alignment_summary": self.summary, "alignment_vocab": vocab}
+        return {"alignment_summary": self.by_position(), "alignment_vocab": vocab}
+
+    def by_position(self) -> pd.DataFrame:
+        """One row per key position: ``position``, ``mean``, ``std`` (ddof=1), ``min``,
+        ``max`` and ``n`` of the cosines over the sequences."""
+        return pd.DataFrame([
+            {"position": p, "mean": float(v.mean()), "std": float(v.std(ddof=1)),
+             "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+            for p, v in self.position_cosines.items()])
 
     def plot(self, **kwargs: Any) -> Any:
         """Small multiples: the vocabulary sweep, then one panel per key position, each
@@ -97,6 +108,7 @@ class AlignmentResult(Result):
                      f"query = {m.get('query')} (x axes fitted to the data)")
         fig.tight_layout()
         return fig
+
 
 def _query_vector(model: Model, layer: int, head: int, query: Any) -> tuple[torch.Tensor, str]:
     hw = head_weights(model, layer)
@@ -222,10 +234,6 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
     acts = model.collect(seqs, site, positions="all", batch_size=max(1, batch_size // 4))
     pos_keys = acts[site][:, list(positions), kvh]  # [n, P, d_head]
     position_cos = {p: cosine(pos_keys[:, i], qvec).numpy() for i, p in enumerate(positions)}
-    summary = pd.DataFrame([
-        {"position": p, "mean": float(v.mean()), "std": float(v.std(ddof=1)),
-         "min": float(v.min()), "max": float(v.max()), "n": len(v)}
-        for p, v in position_cos.items()])
     order = np.argsort(vocab_cos)
     strings = model.token_strings(list(range(model.vocab_size)))
     vocab = {
@@ -234,6 +242,8 @@ def alignment(model: Model | str, layer: int, head: int, *, query: Any = "bias",
         "lowest": [(strings[i], float(vocab_cos[i])) for i in order[:10]],
         "highest": [(strings[i], float(vocab_cos[i])) for i in order[::-1][:10]],
     }
+    summary = {**{f"vocab_{k}": vocab[k] for k in ("mean", "std", "min", "max")},
+               "mean_by_position": {p: float(v.mean()) for p, v in position_cos.items()}}
     return AlignmentResult(
         vocab_cos, position_cos, vocab, key_side, bos, summary=summary,
         meta=model.describe(layer=layer, head=head, query=qlabel, kv_head=kvh,

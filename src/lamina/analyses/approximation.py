@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from lamina.analyses.layerwise import load_models
 from lamina.analyses.similar_strings import next_token_counts
 from lamina.errors import LaminaError
 from lamina.models import Model, load
@@ -56,7 +57,7 @@ def model_distance(model_a: Model | str, model_b: Model | str, prompts: Sequence
                    ) -> np.ndarray:
     """Hellinger distance between two models' next-token distributions per prompt (the
     study's baseline: the same architecture retrained with another seed)."""
-    a, b = load(model_a), load(model_b)
+    a, b = load_models({"a": model_a, "b": model_b}).values()  # the same spec: loaded once
     return hellinger(next_token_distribution(a, prompts), next_token_distribution(b, prompts))
 
 
@@ -291,7 +292,8 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                "thresholds": [float(t) for t in thresholds],
                "weights": [float(w) for w in weights], "fitted": fitted, **meta_tune, **state}
     if baseline is not None:
-        base = hellinger(p, next_token_distribution(load(baseline), prompts))
+        other = load_models({"baseline": baseline})["baseline"]
+        base = hellinger(p, next_token_distribution(other, prompts))
         table["baseline_hellinger"] = base
         summary["baseline"] = {**stats(base, np.zeros(len(base), bool)), "model": str(
             baseline if isinstance(baseline, str) else baseline.name)}

@@ -22,15 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lamina.analyses._checks import noted_group_stats
 from lamina.analyses.category_plots import plot_laminar, plot_layer, plot_variance
+from lamina.analyses.layerwise import within_across
 from lamina.checks import check_int
 from lamina.corpus import read_text_file
 from lamina.errors import LaminaError, TokenizationError
 from lamina.models import Model, load
 from lamina.results import Result
 from lamina.similarity import scan
-from lamina.sites import layer_of
 
 #: The notebook's words: (category, word).
 BUILTIN_WORDS: list[tuple[str, str]] = [
@@ -268,29 +267,14 @@ def categories(model: Model | str, words: Any = None, *, template: str | None = 
     vectors, names = represent(model, list(frame["word"]), sites, template, pooling)
     labels = frame["label"].to_numpy()
     base = _baseline(model, names, template, baseline, seed) if baseline else {}
-    rows, pairs, notes = [], [], []
-    for site in names:
-        x = vectors[site]
-        gs = noted_group_stats(x, labels, notes, permutations=permutations, seed=seed)
-        centred = noted_group_stats(x - x.mean(0, keepdim=True), labels, notes, "centred: ")
-        s = gs.summary
-        layer = layer_of(site)
-        rows.append({
-            "layer": layer, "site": site, "within_mean": s["within_mean"],
-            "across_mean": s["across_mean"], "delta": s["delta"], "t": float(s["t"]),
-            "t_welch": float(s["t_welch"]), "cohens_d": float(s["cohens_d"]),
-            "p_permutation": s["p_permutation"], "p_t": s["p_t"], "p_welch": s["p_welch"],
-            "centred_delta": centred.summary["delta"], "centred_t": float(centred.summary["t"]),
-            "baseline_mean": base.get(site, float("nan")),
-        })
-        pairs.append(gs.table.assign(layer=layer, site=site))
-    table = pd.DataFrame(rows)
+    wa = within_across(vectors, labels, baseline=base, permutations=permutations, seed=seed)
+    table = wa.table
     return CategoriesResult(
-        table, pd.concat(pairs, ignore_index=True), frame, vectors,
+        table, wa.pairs, frame, vectors,
         summary={"best_layer_by_t": _best_layer(table, "t"),
                  "best_layer_by_delta": _best_layer(table, "delta"),
                  "n_words": len(frame), "categories": sorted(set(labels)),
-                 "notes": _notes(table, baseline, base, notes)},
+                 "notes": _notes(table, baseline, base, wa.notes)},
         meta=model.describe(template=template, pooling=pooling, permutations=permutations,
                             seed=seed, baseline_tokens=baseline, sites=names),
     )

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lamina.analyses._checks import noted_group_stats, single_token
+from lamina.analyses._checks import single_token
+from lamina.analyses.layerwise import COLUMNS, within_across
 from lamina.checks import check_int
 from lamina.corpus import text_of
 from lamina.errors import ContextLengthError, LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
 from lamina.similarity import scan
-from lamina.sites import layer_of
+
+#: The columns of :attr:`ContextsResult.table` (of :data:`~lamina.analyses.layerwise.COLUMNS`).
+TABLE_COLUMNS = tuple(c for c in COLUMNS if c not in ("p_t", "p_welch", "centred_t"))
 
 
 @dataclass
@@ -265,34 +268,17 @@ def contexts(model: Model | str, corpus: str | Path, targets: Sequence[str], *,
         random_pos = rng.integers(window, len(ids), size=baseline)
         base_acts = model.collect([ids[p - window : p + 1].tolist() for p in random_pos],
                                   acts.sites, positions="last", batch_size=batch_size)
-    rows, pairs, hists, notes = [], [], {}, []
-    edges = None
     if range is None:
         range = fitted_range(acts)
-    for site in acts.sites:
-        x = acts[site].flatten(1)
-        gs = noted_group_stats(x, labels, notes, bins=bins, range=range,
-                               permutations=permutations, seed=seed)
-        centred = noted_group_stats(x - x.mean(0, keepdim=True), labels, notes, "centred: ")
-        s = gs.summary
-        layer = layer_of(site)
-        base = float("nan")
-        if base_acts is not None:
-            base = scan(base_acts[site].flatten(1), dtype="float64").mean
-        rows.append({
-            "layer": layer, "site": site, "within_mean": s["within_mean"],
-            "across_mean": s["across_mean"], "delta": s["delta"], "t": float(s["t"]),
-            "t_welch": float(s["t_welch"]), "cohens_d": float(s["cohens_d"]),
-            "p_permutation": s["p_permutation"], "centred_delta": centred.summary["delta"],
-            "baseline_mean": base,
-        })
-        pairs.append(gs.table.assign(layer=layer, site=site))
-        hists[site], edges = gs.histograms, gs.edges
+    base = {} if base_acts is None else {
+        site: scan(base_acts[site].flatten(1), dtype="float64").mean for site in acts.sites}
+    wa = within_across({site: acts[site].flatten(1) for site in acts.sites}, labels,
+                       baseline=base, permutations=permutations, seed=seed, bins=bins,
+                       range=range)
     return ContextsResult(
-        pd.DataFrame(rows), pd.concat(pairs, ignore_index=True), counts, hists,
-        np.asarray(edges),
+        wa.table[list(TABLE_COLUMNS)], wa.pairs, counts, wa.histograms, wa.edges,
         summary={"n_occurrences": int(len(positions)), "counts": counts.to_dict("records"),
-                 "notes": notes},
+                 "notes": wa.notes},
         meta=model.describe(targets=list(targets), window=window,
                             max_per_target=max_per_target, seed=seed, bins=bins,
                             range=[float(r) for r in range], permutations=permutations,

@@ -27,7 +27,7 @@ from lamina.checks import check_int, check_number
 from lamina.errors import LaminaError
 from lamina.models import Model, load
 from lamina.results import Result
-from lamina.similarity import matrix, scan
+from lamina.similarity import duplicate_groups, matrix, scan
 from lamina.weights import embedding_matrix
 
 
@@ -204,8 +204,8 @@ def embeddings(model: Model | str, *, tokens: Any = None, which: str = "input",
     probe_ids = _probe_ids(model, probe) if probe is not None else None
     rows = np.arange(len(W)) if subset is None else subset
     dtype = "bfloat16" if fast else None
-    cos = scan(W, bins=bins, range=(-1, 1), topk=topk, threshold=duplicate_threshold,
-               groups=True, subset=subset, dtype=dtype)
+    cos = duplicate_groups(W, duplicate_threshold, bins=bins, range=(-1, 1), topk=topk,
+                           subset=subset, dtype=dtype).scan  # one pass: groups and statistics
     cor = scan(W, metric="correlation", bins=bins, range=(-1, 1), subset=subset, dtype=dtype)
     strings = model.token_strings(list(range(model.vocab_size)))
     unused = unused_ids(model)

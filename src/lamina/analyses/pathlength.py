@@ -10,9 +10,9 @@ notebook's code left it in with a logit of 0; lamina does not).
 
 Path lengths are measured for any model. The next-token correlations need a causal LM with an
 unembedding and at least four usable positions; where they cannot be computed (an encoder such
-as BERT, a too-short text, constant values) the summary's ``correlation_note`` says why, and
-the correlation columns are empty. (:func:`~lamina.analyses.lens`, which has nothing else to
-show, refuses such a model instead.)
+as BERT, a too-short text, constant values) the ``per_model`` table's ``correlation_note``
+says why, and the correlation columns are empty. (:func:`~lamina.analyses.lens`, which has
+nothing else to show, refuses such a model instead.)
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from lamina.analyses.layerwise import load_models
 from lamina.analyses.lens import text_ids
 from lamina.errors import LaminaError
-from lamina.models import Model, load, versions
+from lamina.models import Model, versions
 from lamina.results import Result
 
 TARGETS = ("logit", "logprob", "loss")
@@ -38,20 +39,23 @@ TARGETS = ("logit", "logprob", "loss")
 @dataclass
 class PathLengthResult(Result):
     """``to_frame()``: one row per model, position and layer (``model``, ``position``,
-    ``token``, ``layer``, ``step_norm``, ``cumulative``, ``cos_prev``); ``summary``: one row
-    per model with ``pearson_r``/``spearman_r`` (final step vs next-token logit), their 95%
-    confidence intervals and p-values, the same against log-probability and loss, and
-    ``correlation_note``: why the correlations are missing, or empty when they are there."""
+    ``token``, ``layer``, ``step_norm``, ``cumulative``, ``cos_prev``); ``per_model`` (saved
+    as ``pathlength_summary.csv``): one row per model with ``pearson_r``/``spearman_r``
+    (final step vs next-token logit), their 95% confidence intervals and p-values, the same
+    against log-probability and loss, and ``correlation_note``: why the correlations are
+    missing, or empty when they are there. ``summary``: ``models`` (the names), ``n_models``
+    and ``notes`` (:meth:`notes`)."""
 
     table: pd.DataFrame
     targets: pd.DataFrame  # model, position, logit, logprob, loss
+    per_model: pd.DataFrame
     name = "pathlength"
 
     def to_frame(self) -> pd.DataFrame:
         return self.table.copy()
 
     def extra_tables(self) -> dict[str, pd.DataFrame]:
-        return {"pathlength_summary": self.summary, "next_token": self.targets}
+        return {"pathlength_summary": self.per_model, "next_token": self.targets}
 
     def plot(self, **kwargs: Any) -> Any:
         import matplotlib as mpl
@@ -75,7 +79,7 @@ class PathLengthResult(Result):
                           xlabel=f"Layer ({site_names})", ylabel="Cumulative path length")
             integer_axis(axs[0, k])
             if has_logits:
-                row = self.summary[self.summary["model"] == name].iloc[0]
+                row = self.per_model[self.per_model["model"] == name].iloc[0]
                 used = self._final_steps(name)
                 axs[1, k].plot(used["logit"], used["step_norm"], "ko", markersize=6,
                                markerfacecolor=(0.9, 0.7, 0.7), alpha=0.6)
@@ -95,10 +99,15 @@ class PathLengthResult(Result):
 
     def notes(self) -> list[str]:
         """One line per model whose next-token correlations are missing, saying why."""
-        if "correlation_note" not in self.summary:
-            return []
-        return [f"{row.model}: {row.correlation_note}" for row in self.summary.itertuples()
-                if isinstance(row.correlation_note, str) and row.correlation_note]
+        return _notes(self.per_model)
+
+
+def _notes(per_model: pd.DataFrame) -> list[str]:
+    """``"model: note"`` for each row of ``per_model`` whose ``correlation_note`` is set."""
+    if "correlation_note" not in per_model:
+        return []
+    return [f"{row.model}: {row.correlation_note}" for row in per_model.itertuples()
+            if isinstance(row.correlation_note, str) and row.correlation_note]
 
 
 def _correlate(x: np.ndarray, y: np.ndarray, prefix: str) -> tuple[dict[str, float], str]:
@@ -212,29 +221,26 @@ def pathlength(models: Model | str | Mapping[str, Model | str], text: str | list
 
     Returns:
         :class:`PathLengthResult`; for a model whose next-token correlations cannot be
-        computed (an encoder, a text under three tokens) the summary row's
-        ``correlation_note`` says why (see :meth:`PathLengthResult.notes`).
+        computed (an encoder, a text under three tokens) its ``per_model`` row's
+        ``correlation_note`` says why (see :meth:`PathLengthResult.notes`). Each model is
+        loaded once (:func:`~lamina.analyses.layerwise.load_models`).
     """
     if sites not in ("hidden", "resid_post"):
         raise LaminaError(f"sites must be 'hidden' or 'resid_post', not {sites!r}.",
                           cli=f"--sites must be hidden or resid_post, not {sites!r}.")
-    if isinstance(models, Mapping):
-        if not models:
-            raise LaminaError("No models were given: pass a model or a dict name -> model.")
-        loaded = {name: load(spec) for name, spec in models.items()}
-    else:
-        m = load(models)
-        loaded = {m.name: m}
+    loaded = load_models(models)
     tables, targets, rows = [], [], []
     for name, model in loaded.items():
         t, tg, row = _one(name, model, text, sites, truncate)
         tables.append(t)
         targets.append(tg)
         rows.append(row)
+    per_model = pd.DataFrame(rows)
     return PathLengthResult(
         pd.concat(tables, ignore_index=True),
         pd.concat(targets, ignore_index=True),
-        summary=pd.DataFrame(rows),
+        per_model,
+        summary={"models": list(loaded), "n_models": len(loaded), "notes": _notes(per_model)},
         meta={"models": {k: m.describe() for k, m in loaded.items()}, "sites": sites,
               "text": text if isinstance(text, str) else None, "versions": versions()},
     )

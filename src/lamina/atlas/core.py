@@ -29,13 +29,6 @@ WARN_BYTES = 20_000_000
 CORPUS_CHARS, QUICK_CORPUS_CHARS = 100_000, 30_000
 #: Texts drawn from the corpus for norms and path length (quick: fewer).
 N_TEXTS, QUICK_TEXTS = 64, 16
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
-    return out
 
 
 @dataclass
@@ -92,13 +85,15 @@ class Report:
                 f"{', quick' if self.inputs.quick else ''})")
 
 
-def _models(models: Any) -> list[Model]:
-    from lamina.models import Model, load
+def _models(models: Any) -> dict[str, Model]:
+    """Report name -> model, each loaded once (a repeated name gets " (2)", " (3)", ...)."""
+    from lamina.analyses.layerwise import load_models
+    from lamina.models import Model
 
     items = [models] if isinstance(models, (str, Path, Model, tuple)) else list(models or [])
     if not items:
         raise LaminaError("Give at least one model to report on.", cli="Give --model M.")
-    return [load(m) for m in items]
+    return load_models(items)
 
 
 def _inputs(corpus: str | Path | None, texts: Sequence[str] | None, words: Any,
@@ -238,8 +233,8 @@ def report(
         check_output_dir(out, marker=MARKERS)
     specs = registered(None if sections is None else list(sections))
     inputs = _inputs(corpus, texts, words, targets, heads, seed, quick)
-    loaded = _models(models)
-    names = _unique([m.name for m in loaded])
+    by_name = _models(models)  # report name -> model, each loaded once
+    names, loaded = list(by_name), list(by_name.values())
     started = _dt.datetime.now(_dt.timezone.utc)
     from matplotlib import pyplot as plt
 

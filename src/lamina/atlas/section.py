@@ -64,7 +64,8 @@ class Section:
         tables: name -> table behind the figures (written as CSV, shown as sortable tables;
             keep them small: top rows, per-layer rows, never N x N).
         figures: name -> matplotlib Figure (inlined as SVG, or PNG when SVG would be heavy).
-        overlays: name -> frame with columns ``x`` (depth: layer / n_layers, 0..1), ``y``
+        overlays: name -> frame with columns ``x`` (relative depth, 0..1: see
+            :func:`~lamina.analyses.layerwise.relative_depth`), ``y``
             and optionally ``label``: profiles the core overlays across models (one colour
             per model) when the report has several.
         skipped: why the section does not apply to this model (then everything else is
@@ -86,8 +87,11 @@ class Section:
 def layer_profiles(table: pd.DataFrame, n_layers: int,
                    columns: dict[str, str]) -> dict[str, pd.DataFrame]:
     """Overlays of per-layer columns of ``table`` (which has a ``layer`` column): overlay name
-    -> frame ``x`` (layer / n_layers), ``y`` (that column)."""
-    x = table["layer"].to_numpy() / max(n_layers, 1)
+    -> frame ``x`` (the layer's relative depth, layer / n_layers: see
+    :func:`~lamina.analyses.layerwise.relative_depth`), ``y`` (that column)."""
+    from lamina.analyses.layerwise import relative_depth
+
+    x = relative_depth(table["layer"].to_numpy(), n_layers)
     return {name: pd.DataFrame({"x": x, "y": table[col].to_numpy()})
             for name, col in columns.items()}
 

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from lamina.families import bert, gpt2, llama, neox
+from lamina.families import (
+    bert,
+    distilbert,
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    gptj,
+    llama,
+    neox,
+    olmo2,
+    phi3,
+    qwen3,
+    roberta,
+    t5,
+)
 from lamina.families.base import Dims, Family, HeadWeights, HookPoint, dims_from_config
 
 FAMILIES: tuple[Family, ...] = (
@@ -17,6 +32,16 @@ FAMILIES: tuple[Family, ...] = (
     neox.FAMILY,
     llama.FAMILY,
     bert.FAMILY,
+    gptj.FAMILY,
+    roberta.FAMILY,
+    distilbert.FAMILY,
+    t5.FAMILY,
+    qwen3.FAMILY,
+    phi3.FAMILY,
+    olmo2.FAMILY,
+    gemma.FAMILY,
+    gemma2.FAMILY,
+    gemma3.FAMILY,
 )
 
 SUPPORTED_FAMILIES = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)

@@ -143,6 +143,9 @@ class Family:
             Pythia); there is no ``hook_resid_mid``.
         dims: ``config -> Dims`` (default: :func:`dims_from_config`).
         runner: path of the module to call instead of the base model (T5: ``"encoder"``).
+        position_offset: ``config -> int`` added to the position ids lamina passes (``0, 1,
+            2, ...`` over each input's real tokens): RoBERTa numbers them from
+            ``padding_idx + 1``.
         notes: what a site means in this family where it differs from GPT-2's (docs).
     """
 
@@ -171,6 +174,7 @@ class Family:
     dims: Callable[[Any], Dims] = field(default=dims_from_config, repr=False)
     runner: str | None = None
     notes: str = ""
+    position_offset: Callable[[Any], int] = field(default=lambda config: 0, repr=False)
 
     def block(self, layer: int) -> str:
         """Path of block ``layer`` relative to the base model."""

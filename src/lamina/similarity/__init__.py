@@ -47,7 +47,11 @@ How it works and what "exact" means:
 - CPU: one worker thread per core, each computing its own block pairs with single-threaded
   products and, for float32, compiled kernels that read each block row once (numba;
   :mod:`lamina.similarity._cpu_kernels`); CUDA (``device=None`` picks it when available): one
-  stream of larger blocks and torch operations.
+  stream of larger blocks and torch operations. ``backend=`` on :func:`scan`,
+  :func:`threshold_sums` and :func:`duplicate_groups` chooses: "auto" (numba for float32
+  values on CPU, torch otherwise), "numba" (an error where it cannot run: CUDA, float64) or
+  "torch"; both give the same results up to rounding (the order of float64 sums, ties in
+  top-k), and ``result.meta["backend"]`` says which ran.
   Block size and caching follow a memory budget (``memory=``; default a quarter of free
   memory, at most 1 GiB on CPU).
 - :func:`group_stats` computes in float64 from per-group sums and Gram matrices,
@@ -59,7 +63,7 @@ How it works and what "exact" means:
 
 from __future__ import annotations
 
-from lamina.similarity._args import METRICS
+from lamina.similarity._args import BACKENDS, METRICS
 from lamina.similarity._errors import (
     MemoryLimitError,
     SimilarityInputError,
@@ -74,6 +78,7 @@ from lamina.similarity.scan import scan
 from lamina.similarity.sums import threshold_sums
 
 __all__ = [
+    "BACKENDS",
     "METRICS",
     "DuplicateGroups",
     "GroupStats",

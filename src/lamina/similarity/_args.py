@@ -1,6 +1,6 @@
 """Arguments of the similarity engine: checks of scalar options (each bad value raises
-:class:`SimilarityInputError` naming the parameter), metrics, devices, precisions and memory
-budgets."""
+:class:`SimilarityInputError` naming the parameter), metrics, devices, precisions, CPU backends
+and memory budgets."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from lamina import checks
 from lamina.similarity._errors import SimilarityInputError
 
 METRICS = ("cosine", "correlation", "dot", "euclidean")
+#: ``backend=``: "auto" picks "numba" (compiled one-pass CPU kernels) for float32 values on
+#: CPU and "torch" (tensor passes, what CUDA and float64 use) otherwise
+BACKENDS = ("auto", "torch", "numba")
 #: metrics whose values lie in [-1, 1]; their values are clamped to that interval
 BOUNDED = ("cosine", "correlation")
 _FAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,6 +108,37 @@ def resolve_precision(dtype: Any = None, fast: bool = False) -> Precision:
         f"unknown dtype {dtype!r}; valid choices are None, 'float32', 'float64', 'bfloat16' and "
         "'float16' (the last two select fast mode)."
     )
+
+
+def check_backend(backend: Any) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else an error naming the three."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise SimilarityInputError(
+            f"unknown backend {backend!r}; valid choices are 'auto' (numba for float32 values "
+            "on CPU, torch otherwise), 'torch' and 'numba'."
+        )
+    return backend
+
+
+def resolve_backend(backend: Any, device: torch.device, value: torch.dtype) -> str:
+    """The backend that runs: "numba" or "torch". "auto" is "numba" for float32 values on CPU
+    (the compiled kernels of ``_cpu_kernels``), else "torch"; "numba" where it cannot run
+    (CUDA, values other than float32) is an error saying what to pass instead."""
+    check_backend(backend)
+    numba_ok = device.type == "cpu" and value == torch.float32
+    if backend == "auto":
+        return "numba" if numba_ok else "torch"
+    if backend == "numba" and not numba_ok:
+        if device.type != "cpu":
+            why = f"it runs on CPU only and this computation runs on {device}"
+        else:
+            name = str(value).replace("torch.", "")
+            why = f"it handles float32 values only and this computation uses {name}"
+        raise SimilarityInputError(
+            f"backend='numba' cannot run here: {why}; pass backend='torch' or 'auto' (or "
+            "device='cpu' with float32 values, dtype=None, to use numba)."
+        )
+    return backend
 
 
 # --------------------------------------------------------------------------- memory

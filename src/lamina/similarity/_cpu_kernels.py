@@ -8,7 +8,8 @@ compared, chunk by chunk, with its own top-k bound and (upper-triangle scans) wi
 of the lists of its columns, and only chunks holding an entry above a bound are visited
 entry by entry. The lists are min-heaps. The torch passes of :mod:`_hist`, :mod:`_accum` and
 :mod:`_topk` read a block about ten times; this reads it once per row and is what float32
-scans on CPU use (the torch passes remain for CUDA and float64). Same rules as those passes:
+scans on CPU use by default (``backend="numba"``; the torch passes remain for CUDA, float64
+and ``backend="torch"``). Same rules as those passes:
 numpy's bins (values within ``lim`` of an edge re-binned exactly in float64), and an entry
 enters a top-k list only when strictly above its k-th best and the shared bound."""
 
@@ -20,11 +21,12 @@ import numba
 import numpy as np
 import torch
 
-from lamina.similarity._kernel import upper_pieces
+from lamina.similarity._accum import Moments
+from lamina.similarity._blocks import Block, upper_pieces
+from lamina.similarity._hist import ExactHistogram
+from lamina.similarity._plan import EpilogueTotals, ScanPlan
+from lamina.similarity._topk import TopK
 
-#: CPU float32 scans use this epilogue and threshold_sums its kernel; False switches both to
-#: the torch passes (what CUDA uses)
-ENABLED = True
 CHUNK = 64  # entries per candidate test of a row
 _FM = {"reassoc", "nsz"}  # reorder reductions (vectorise); no contraction, no inf/nan games
 _I32_MAX, _I32_MIN = np.int32(2**31 - 1), np.int32(-(2**31))
@@ -208,19 +210,23 @@ def key_to_float(key: int) -> float:
 
 
 class CpuEpilogue:
-    """Runs :func:`block_epilogue` for one worker's :class:`ScanConsumer`, accumulating in
-    numpy and handing the totals to the consumer's moments, histogram and top-k at ``flush``."""
+    """The ``backend="numba"`` epilogue of one worker: runs :func:`block_epilogue` on its
+    blocks (CPU, float32 values), accumulating moments and histogram counts in numpy and the
+    top-k lists in place in its own :class:`TopK` (shared bound ``plan.bound``). Built from the
+    plan alone; :meth:`totals` hands back what it accumulated."""
 
-    def __init__(self, consumer: Any) -> None:
-        plan = consumer.plan
-        self.consumer = consumer
+    def __init__(self, plan: ScanPlan) -> None:
+        self.plan = plan
         inf = np.float32(np.inf)
         self.lo, self.hi = (np.float32(-1), np.float32(1)) if plan.bounded else (-inf, inf)
         self.shift = np.float64(plan.shift or 0.0)
         self.mom = np.zeros(3)
         self.ext = np.array([_I32_MAX, _I32_MIN], dtype=np.int32)
         self.fixed = 0
-        hist = consumer.hist
+        # uneven edges: the histogram's exact torch binning instead of the affine kernel
+        self.hist = hist = None if plan.edges is None else ExactHistogram(
+            plan.edges, plan.value, plan.device, plan.bounds)
+        self.masks: dict = {}
         self.hist_on = hist is not None and hist.affine
         nb = 0 if hist is None else hist.nb
         self.hist4 = np.zeros((4, nb + 2), dtype=np.int64)
@@ -229,51 +235,48 @@ class CpuEpilogue:
         if self.hist_on:
             self.affine = (np.float32(hist.a), np.float32(hist.b + hist.delta),
                            np.float32(nb + 1.5), np.float32(2 * hist.delta))
-        top = consumer.topk
-        self.k_on = top is not None
+        self.topk = None if plan.k is None else TopK(
+            plan.n_rows, plan.k, plan.device, bound=plan.bound, dtype=plan.value)
         self.sign = np.float32(1.0 if plan.largest else -1.0)
         dummy = np.zeros((1, 1), dtype=np.float32)
         self.lists = (dummy, np.zeros((1, 1), np.int64), dummy[0])
-        if top is not None:  # min-heaps: any order is a valid list for merge_topk
-            self.lists = (top.values.numpy(), top.indices.numpy(), top.bound.numpy())
+        if self.topk is not None:  # min-heaps: any order is a valid list for merge_topk
+            t = self.topk
+            self.lists = (t.values.numpy(), t.indices.numpy(), t.bound.numpy())
         self.q = np.empty(0, dtype=np.int32)
         self.thr_cols = np.empty(0, dtype=np.float32)
 
-    def consume(self, blk: Any) -> None:
+    def consume(self, blk: Block) -> None:
+        """Add block ``blk`` (its values are left unchanged)."""
         s = blk.values.numpy()
         n_rows, n_cols = s.shape
-        cols = self.consumer.plan.self_pairs and not blk.diagonal
+        cols = self.plan.self_pairs and not blk.diagonal
         if len(self.q) < n_cols:
             self.q = np.empty(n_cols, dtype=np.int32)
             self.thr_cols = np.empty(n_cols, dtype=np.float32)
         self.fixed += block_epilogue(
             s, s.view(np.int32), blk.r0, blk.c0, blk.diagonal, self.lo, self.hi, self.shift,
             self.mom, self.ext, self.hist_on, *self.affine, self.edges, self.hist4, self.q,
-            self.k_on, cols, self.sign, *self.lists, self.thr_cols[:n_cols],
+            self.topk is not None, cols, self.sign, *self.lists, self.thr_cols[:n_cols],
         )
-        c = self.consumer
-        if c.hist is not None and not self.hist_on:  # uneven edges: torch's exact binning
-            for v in upper_pieces(blk.values, c.masks) if blk.diagonal else [blk.values]:
-                c.hist.add(v)
-        if c.pairs is not None:
-            c.pairs.add(blk.values, blk.r0, blk.c0, blk.diagonal)
+        if self.hist is not None and not self.hist_on:
+            for v in upper_pieces(blk.values, self.masks) if blk.diagonal else [blk.values]:
+                self.hist.add(v)
 
-    def flush(self) -> None:
-        """Move the accumulated totals into the consumer's accumulators (then start afresh)."""
-        c = self.consumer
-        m = c.moments
-        m.shift = float(self.shift)
+    def totals(self) -> EpilogueTotals:
+        """Moments, histogram counts and top-k lists of the blocks consumed so far."""
+        m = Moments(float(self.shift))
         if self.mom[0]:
-            m.count += int(self.mom[0])
-            m.total += float(self.mom[1])
-            m.sq += float(self.mom[2])
+            m.count = int(self.mom[0])
+            m.total = float(self.mom[1])
+            m.sq = float(self.mom[2])
             clip = (float(self.lo), float(self.hi))
-            m.vmin = min(m.vmin, min(max(key_to_float(self.ext[0]), clip[0]), clip[1]))
-            m.vmax = max(m.vmax, min(max(key_to_float(self.ext[1]), clip[0]), clip[1]))
-        if self.hist_on:
-            c.hist.counts += torch.from_numpy(self.hist4.sum(0))
-            c.hist.n_fixed += self.fixed
-        self.mom[:] = 0
-        self.ext[:] = (_I32_MAX, _I32_MIN)
-        self.hist4[:] = 0
-        self.fixed = 0
+            m.vmin = min(max(key_to_float(self.ext[0]), clip[0]), clip[1])
+            m.vmax = min(max(key_to_float(self.ext[1]), clip[0]), clip[1])
+        hist, n_fixed = None, 0
+        if self.hist is not None:
+            hist, n_fixed = self.hist.counts.clone(), self.hist.n_fixed
+            if self.hist_on:
+                hist += torch.from_numpy(self.hist4.sum(0))
+                n_fixed += self.fixed
+        return EpilogueTotals(moments=m, hist=hist, n_fixed=n_fixed, topk=self.topk)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lamina.similarity._blocks import Prepared
+from lamina.similarity._prepare import Prepared
 
 
 class GramAccumulator:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lamina.similarity._blocks import Prepared
+from lamina.similarity._blocks import Block, upper_values, walk_blocks
 from lamina.similarity._hist import ExactHistogram
-from lamina.similarity._kernel import Block, upper_values, walk_blocks
+from lamina.similarity._prepare import Prepared
 
 
 def _onehot(codes: torch.Tensor, n_groups: int, dtype: torch.dtype) -> torch.Tensor:

@@ -10,10 +10,9 @@ import math
 import numpy as np
 import torch
 
-from lamina.similarity import _cpu_kernels
 from lamina.similarity._args import BOUNDED
-from lamina.similarity._blocks import Prepared
 from lamina.similarity._cpu_kernels import jit
+from lamina.similarity._prepare import Prepared
 
 
 def needs_rescoring(px: Prepared) -> bool:
@@ -51,11 +50,17 @@ def exact_pairs(px: Prepared, py: Prepared, i: torch.Tensor, j: torch.Tensor, bu
 
 
 def rescore_topk(
-    px: Prepared, py: Prepared, cand: torch.Tensor, k: int, largest: bool, budget: int
+    px: Prepared, py: Prepared, cand: torch.Tensor, k: int, largest: bool, budget: int,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` among candidate columns ``cand`` (n, kc) of every row of x."""
+    """Exact top-``k`` among candidate columns ``cand`` (n, kc) of every row of x: values
+    (n, k) and columns (n, k). ``backend="numba"`` computes the candidates' dot products with
+    the compiled :func:`candidate_dots` when both sides are held in memory on CPU (float32,
+    not euclidean); otherwise, and for "torch", by gathered batched products."""
     n, kc = cand.shape
-    if _in_memory_cpu(px, py) and px.metric != "euclidean" and px.precision.value == torch.float32:
+    compiled = (backend == "numba" and _in_memory_cpu(px, py) and px.metric != "euclidean"
+                and px.precision.value == torch.float32)
+    if compiled:
         v = torch.empty((n, kc), dtype=torch.float32)
         candidate_dots(px.data.numpy(), py.data.numpy(), cand.numpy(), v.numpy())
         if px.metric in BOUNDED:
@@ -81,9 +86,8 @@ def rescore_topk(
 
 
 def _in_memory_cpu(px: Prepared, py: Prepared) -> bool:
-    """Both sides held in memory on CPU, and the compiled kernels switched on."""
-    return _cpu_kernels.ENABLED and all(
-        p.data is not None and p.device.type == "cpu" for p in (px, py))
+    """Both sides held in memory on CPU."""
+    return all(p.data is not None and p.device.type == "cpu" for p in (px, py))
 
 
 @jit(fastmath={"reassoc", "nsz"})

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from lamina.similarity._args import available_memory
+from lamina.similarity._blocks import Block, walk_blocks
 from lamina.similarity._errors import MemoryLimitError
-from lamina.similarity._kernel import Block, walk_blocks
-from lamina.similarity.scan import prepare_inputs
+from lamina.similarity._prepare import prepare_inputs, select_rows
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -71,8 +71,6 @@ def matrix(
 
 
 def _order(subset: Any, n: int) -> np.ndarray:
-    from lamina.similarity._blocks import select_rows
-
     sel = select_rows(subset, n)
     return np.arange(n) if sel is None else sel
 

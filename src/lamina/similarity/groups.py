@@ -26,12 +26,11 @@ from lamina.similarity._args import (
     resolve_device,
     resolve_precision,
 )
-from lamina.similarity._blocks import RowSource, select_rows
 from lamina.similarity._errors import SimilarityInputError, UndefinedStatisticWarning
 from lamina.similarity._group_gram import GramAccumulator, permuted_within_sums
 from lamina.similarity._group_stream import stream_moments
 from lamina.similarity._hist import make_edges
-from lamina.similarity.scan import prepare_inputs
+from lamina.similarity._prepare import RowSource, prepare_inputs, select_rows
 
 
 @dataclass

@@ -13,29 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity import _cpu_kernels
 from lamina.similarity._accum import PairGuard, default_max_pairs, to_numpy
 from lamina.similarity._args import (
     BOUNDED,
-    block_size,
+    check_backend,
     check_int,
-    check_metric,
     check_real,
-    memory_budget,
+    resolve_backend,
     resolve_device,
     resolve_precision,
 )
-from lamina.similarity._blocks import (
-    Prepared,
-    RowSource,
-    check_value_range,
-    prepare,
-    select_rows,
-)
-from lamina.similarity._consume import ScanConsumer, ScanPlan, merge
+from lamina.similarity._blocks import walk_blocks
+from lamina.similarity._consume import ScanConsumer, merge
 from lamina.similarity._errors import SimilarityInputError
 from lamina.similarity._hist import make_edges
-from lamina.similarity._kernel import walk_blocks
+from lamina.similarity._plan import ScanPlan
+from lamina.similarity._prepare import Prepared, prepare_inputs, select_rows
 from lamina.similarity._rescore import (
     candidate_threshold,
     estimate_shift,
@@ -44,43 +37,6 @@ from lamina.similarity._rescore import (
     rescore_topk,
 )
 from lamina.similarity._result import ScanResult
-
-
-def prepare_inputs(
-    x: Any, y: Any, metric: str, subset: Any, subset_y: Any, device: Any, dtype: Any,
-    fast: bool, memory: int | None, block: int | None, visit: Any = None,
-) -> tuple[Prepared, Prepared | None, int, int]:
-    """Validate and prepare x (and y): returns ``(px, py, block_size, budget)``. ``visit``
-    sees x's prepared chunks (see :func:`prepare`). Dot and euclidean values are checked to
-    fit the dtype (:func:`check_value_range`)."""
-    check_metric(metric)
-    dev = resolve_device(device)
-    precision = resolve_precision(dtype, fast)
-    budget = memory_budget(dev, memory)
-    size = block_size(dev, budget, block)
-    src_x = x if isinstance(x, RowSource) else RowSource(x, "x")
-    src_y = None if y is None else y if isinstance(y, RowSource) else RowSource(y, "y")
-    if src_y is not None and src_y.shape[1] != src_x.shape[1]:
-        raise SimilarityInputError(
-            f"x has vectors of width {src_x.shape[1]} but y of width {src_y.shape[1]}; "
-            "both must have the same width d."
-        )
-    if src_y is None and subset_y is not None:
-        raise SimilarityInputError("subset_y needs y; pass y= or use subset= for x.")
-    sel_x = select_rows(subset, len(src_x))
-    sel_y = None if src_y is None else select_rows(subset_y, len(src_y), "subset_y")
-    px = prepare(src_x, metric, precision, dev, budget, sel_x, visit=visit)
-    py = None if src_y is None else prepare(src_y, metric, precision, dev, budget, sel_y)
-    what = "zero vectors" if metric == "cosine" else "constant rows"
-    if py is None and px.n < 2:
-        raise SimilarityInputError(
-            f"need at least 2 rows to form a pair; x has {px.n} usable rows "
-            f"({len(px.zero_rows)} {what} excluded)."
-        )
-    if py is not None and (px.n < 1 or py.n < 1):
-        raise SimilarityInputError(f"x or y has no usable rows (all are {what}).")
-    check_value_range(px, py)
-    return px, py, size, budget
 
 
 def scan(
@@ -98,7 +54,6 @@ def scan(
     dtype: Any = None,
     subset_y: Any = None,
     threshold_below: bool = False,
-    groups: bool = False,
     max_pairs: int | None = None,
     fast: bool = False,
     widen: int | None = None,
@@ -106,6 +61,7 @@ def scan(
     memory: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    backend: str = "auto",
 ) -> ScanResult:
     """Statistics of all pair values of ``x`` (N, d) (unique pairs i < j), or of ``x`` against
     ``y`` (M, d) (all N*M pairs), in one pass.
@@ -117,8 +73,8 @@ def scan(
         (self excluded).
     threshold: a finite number; every pair with value >= threshold (<= with
         ``threshold_below``), as sparse (i, j, value); stops with :class:`TooManyPairsError`
-        beyond ``max_pairs`` (default: half the memory budget). ``groups=True`` also returns
-        the connected components of those pairs (duplicate groups; self-similarity only).
+        beyond ``max_pairs`` (default: half the memory budget). Duplicate groups (connected
+        components of those pairs): :func:`lamina.similarity.duplicate_groups`.
     subset, subset_y: row ids or boolean masks; results refer to original row ids.
     device: None picks CUDA when available. dtype: None/"float32" (default), "float64", or
         "bfloat16"/"float16" (= ``fast=True``): low-precision products; top-k candidates
@@ -129,6 +85,12 @@ def scan(
     block_size, memory: rows per block and working-memory budget in bytes (default: a
         quarter of free memory, at most 1 GiB on CPU). workers: threads computing blocks
         (CPU default: torch's thread count, each single-threaded). progress: a tqdm bar.
+    backend: "auto" (default: "numba" for float32 values on CPU, else "torch"), "numba" (the
+        compiled one-pass epilogue and top-k re-scoring; CPU and float32 values only, else an
+        error) or "torch" (tensor passes, what CUDA and float64 use). Both give the same
+        counts, pairs and top-k values up to rounding (float64 moments summed in another
+        order; fast-mode re-scored products; columns of tied top-k values may differ);
+        ``result.meta["backend"]`` records the one used.
     """
     t0 = time.perf_counter()
     # options first: a bad one is reported before the pass over the rows
@@ -138,9 +100,11 @@ def scan(
     if threshold is not None:
         threshold = check_real(threshold, "threshold")
         limit = None if max_pairs is None else check_int(max_pairs, "max_pairs")
-    if groups and (threshold is None or y is not None):
-        raise SimilarityInputError("groups=True needs a threshold and no y (self-similarity).")
-    edges = None if bins is None else make_edges(bins, range, resolve_precision(dtype, fast).value)
+    check_backend(backend)
+    value = resolve_precision(dtype, fast).value
+    # "numba" where it cannot run is an error before the pass over the rows
+    backend = resolve_backend(backend, resolve_device(device), value)
+    edges = None if bins is None else make_edges(bins, range, value)
     px, py, size, budget = prepare_inputs(
         x, y, metric, subset, subset_y, device, dtype, fast, memory, block_size
     )
@@ -148,12 +112,11 @@ def scan(
     precision, dev = px.precision, px.device
     n_other = other.n - (1 if py is None else 0)
 
-    compiled = _cpu_kernels.ENABLED and dev.type == "cpu" and precision.value == torch.float32
     plan = ScanPlan(dev, precision.value, px.n, py is None, largest,
                     shift=estimate_shift(px, py, budget), bounded=metric in BOUNDED,
-                    cpu_kernels=compiled)
+                    backend=backend)
     if (precision.fast and precision.matmul.itemsize == 2 and metric != "euclidean"
-            and not plan.cpu_kernels):
+            and backend != "numba"):
         plan.patterns = precision.matmul
     if k is not None:
         if k > n_other:
@@ -179,44 +142,40 @@ def scan(
 
     # the CPU epilogue clips values itself; fast mode without thresholded pairs takes
     # moments and histogram from the bit patterns and re-scores top-k: no clamping needed
-    clamp = (plan.patterns is None and not plan.cpu_kernels) or plan.guard is not None
+    clamp = (plan.patterns is None and backend != "numba") or plan.guard is not None
     consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
                             clamp=clamp)
-    merged = merge(consumers)
+    merged = merge(consumers, plan)
     result = ScanResult(
-        metric=metric, count=merged["count"], mean=merged["mean"], std=merged["std"],
-        min=merged["min"], max=merged["max"],
+        metric=metric, count=merged.count, mean=merged.mean, std=merged.std,
+        min=merged.min, max=merged.max,
         n_zero=len(px.zero_rows), zero_rows=px.zero_rows,
         n_zero_y=0 if py is None else len(py.zero_rows), largest=largest,
     )
     if plan.edges is not None:
-        result.counts, result.edges = merged["counts"], plan.edges
-        result.below, result.above = merged["below"], merged["above"]
+        result.counts, result.edges = merged.counts, plan.edges
+        result.below, result.above = merged.below, merged.above
     if plan.k is not None:
-        _fill_topk(result, merged["topk"], px, other, k, largest, subset, budget)
+        _fill_topk(result, merged.topk, px, other, k, largest, subset, budget, backend)
     if plan.guard is not None:
-        _fill_pairs(result, merged["pairs"], plan.guard, px, other, budget)
-        if groups:
-            from lamina.similarity.duplicates import components
-
-            result.duplicate_groups = components(result.pairs_i, result.pairs_j)
+        _fill_pairs(result, merged.pairs, plan.guard, px, other, budget)
     result.meta = dict(
         device=str(dev), value_dtype=str(precision.value).replace("torch.", ""),
         matmul_dtype=str(precision.matmul).replace("torch.", ""), fast=precision.fast,
-        block_size=size, memory_budget=budget, cached=px.data is not None,
+        backend=backend, block_size=size, memory_budget=budget, cached=px.data is not None,
         workers=len(consumers), n_rows=px.n, n_cols=other.n,
-        seconds=time.perf_counter() - t0, histogram_exact_rebinned=merged.get("n_fixed", 0),
+        seconds=time.perf_counter() - t0, histogram_exact_rebinned=merged.n_fixed,
     )
     return result
 
 
 def _fill_topk(
     result: ScanResult, best: tuple[torch.Tensor, torch.Tensor], px: Prepared,
-    other: Prepared, k: int, largest: bool, subset: Any, budget: int,
+    other: Prepared, k: int, largest: bool, subset: Any, budget: int, backend: str,
 ) -> None:
     vals, idx = best
     if needs_rescoring(px):
-        vals, idx = rescore_topk(px, other, idx, k, largest, budget)
+        vals, idx = rescore_topk(px, other, idx, k, largest, budget, backend)
     elif not largest:
         vals = -vals
     np_value = _np_value(px)

@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.similarity import _cpu_kernels
-from lamina.similarity._args import check_int
-from lamina.similarity._blocks import RowSource
+from lamina.similarity._args import check_backend, check_int, resolve_backend, resolve_device
+from lamina.similarity._blocks import Block, walk_blocks
 from lamina.similarity._cpu_kernels import jit
 from lamina.similarity._errors import SimilarityInputError
-from lamina.similarity._kernel import Block, walk_blocks
+from lamina.similarity._prepare import RowSource, prepare_inputs
 
 
 def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
@@ -129,6 +128,7 @@ def threshold_sums(
     memory: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    backend: str = "auto",
 ) -> np.ndarray:
     """Sums of ``weights`` over the rows of ``y`` similar to each row of ``x``.
 
@@ -138,6 +138,9 @@ def threshold_sums(
             a column of ones counts the matches.
         thresholds: one value or G values; a pair counts for threshold t when its similarity
             (float32, as :func:`~lamina.similarity.scan` computes it) is >= t.
+        backend: "auto" (default: "numba" on CPU, "torch" on CUDA), "numba" (a compiled
+            kernel lists each row's members and adds their weights; CPU only, else an error)
+            or "torch" (one mask product per threshold and block). Both give the same sums.
 
     Returns:
         ``sums`` (N, G, m) float64: ``sums[i, g] = sum_j [sim(x_i, y_j) >= t_g] weights[j]``.
@@ -145,8 +148,6 @@ def threshold_sums(
         The per-block products run in float32: integer weights are summed exactly while every
         sum stays below 2^24.
     """
-    from lamina.similarity.scan import prepare_inputs
-
     try:
         t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     except (TypeError, ValueError):
@@ -161,12 +162,14 @@ def threshold_sums(
     y = y if isinstance(y, RowSource) else RowSource(y, "y")
     w = _dense_weights(weights, len(y))  # checked before the pass over the rows
     workers = None if workers is None else check_int(workers, "workers")
+    check_backend(backend)
+    backend = resolve_backend(backend, resolve_device(device), torch.float32)
     px, py, size, _ = prepare_inputs(x, y, metric, None, None, device, None, False, memory,
                                      block_size)
     w = w.to(px.device)
     y_rows = torch.as_tensor(py.rows, device=px.device)
     thr = torch.as_tensor(t, dtype=torch.float32)
-    compiled = _cpu_kernels.ENABLED and px.device.type == "cpu"
+    compiled = backend == "numba"
     parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows, compiled),
                         workers, progress)
     usable = sum(p.out for p in parts).cpu().numpy()

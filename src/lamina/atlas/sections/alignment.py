@@ -62,9 +62,13 @@ def applies(model: Model, inputs: ReportInputs) -> str | None:
 
 
 def _overlay(table: pd.DataFrame, n_layers: int) -> pd.DataFrame:
-    """Per layer, the largest |gap| of its heads, at depth (layer + 1) / n_layers."""
+    """Per layer, the largest |gap| of its heads, at the relative depth of the block's output,
+    (layer + 1) / n_layers (:func:`~lamina.analyses.layerwise.relative_depth`)."""
+    from lamina.analyses.layerwise import relative_depth
+
     best = table.dropna(subset=["gap"]).groupby("layer")["gap"].agg(lambda g: g.abs().max())
-    return pd.DataFrame({"x": (best.index.to_numpy() + 1) / n_layers, "y": best.to_numpy()})
+    return pd.DataFrame({"x": relative_depth(best.index.to_numpy() + 1, n_layers),
+                         "y": best.to_numpy()})
 
 
 def run(model: Model, inputs: ReportInputs) -> Section:
@@ -93,7 +97,7 @@ def run(model: Model, inputs: ReportInputs) -> Section:
         positions = sorted({0, 1, seq_len // 2, seq_len - 1})
         top = alignment(model, layer, head, positions=positions, n_sequences=n,
                         seq_len=seq_len, seed=inputs.seed)
-        summary["top_head_positions"] = top.summary.to_dict("records")
+        summary["top_head_positions"] = top.by_position().to_dict("records")
         summary["top_head_vocab"] = {k: top.vocab[k] for k in ("mean", "std", "min", "max")}
         figures.update({f"alignment_{layer}_{head}": fig for fig in top.figures().values()})
     tables = {"heads": table.head(TOP_ROWS)}

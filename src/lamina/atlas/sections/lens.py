@@ -30,9 +30,12 @@ def applies(model: Model, inputs: ReportInputs) -> str | None:
 
 
 def per_readout(table: pd.DataFrame, n_layers: int) -> pd.DataFrame:
-    """Per read-out point: its depth (embeddings 0, after block L's attention (L + 0.5) /
-    n_layers, after block L (L + 1) / n_layers), mean probability of the correct next token,
-    top-1 accuracy and median rank, over the positions that have a next token."""
+    """Per read-out point: its relative depth (:func:`~lamina.analyses.layerwise.relative_depth`
+    of 0 for the embeddings, L + 0.5 after block L's attention, L + 1 after block L), mean
+    probability of the correct next token, top-1 accuracy and median rank, over the positions
+    that have a next token."""
+    from lamina.analyses.layerwise import relative_depth
+
     t = table[table["next_token_rank"].notna()]
     out = t.groupby(["layer", "label", "site"], sort=True).agg(
         mean_next_token_prob=("next_token_prob", "mean"),
@@ -45,8 +48,8 @@ def per_readout(table: pd.DataFrame, n_layers: int) -> pd.DataFrame:
             return 0.0
         block, _, part = label.partition(" ")
         if block == "block":
-            return (int(part) + 1) / n_layers
-        return (int(block) + (0.5 if part == "attn" else 1.0)) / n_layers
+            return relative_depth(int(part) + 1, n_layers)
+        return relative_depth(int(block) + (0.5 if part == "attn" else 1.0), n_layers)
 
     out.insert(3, "depth", [depth(s) for s in out["label"]])
     return out

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from lamina.analyses.layerwise import relative_depth
 from lamina.atlas.findings import norms_findings
 from lamina.atlas.section import ReportInputs, Section, SectionSpec
 from lamina.errors import LaminaError
@@ -57,10 +58,9 @@ def run(model: Model, inputs: ReportInputs) -> Section:
                                                                      "conclusion_short")}
     summary.update(_extra(table))
     summary["n_texts"] = len(inputs.texts)
-    depth = max(model.n_layers, 1)
     overlays = {}
     for kind, rows in table.groupby("kind", sort=False):
-        frame = pd.DataFrame({"x": rows["layer"].to_numpy() / depth,
+        frame = pd.DataFrame({"x": relative_depth(rows["layer"].to_numpy(), model.n_layers),
                               "y": rows["mean_norm"].to_numpy()})
         overlays[f"mean norm ({kind})"] = frame
     return Section("norms", SPEC.title, findings=norms_findings(summary), summary=summary,

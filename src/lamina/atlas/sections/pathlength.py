@@ -57,7 +57,7 @@ def run(model: Model, inputs: ReportInputs) -> Section:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = pathlength(model, "\n".join(inputs.texts), truncate=True)
-    row = {"pearson_r": math.nan, "spearman_r": math.nan, **result.summary.iloc[0].to_dict()}
+    row = {"pearson_r": math.nan, "spearman_r": math.nan, **result.per_model.iloc[0].to_dict()}
     layers = per_layer(result.to_frame())
     summary: dict[str, Any] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                for k, v in row.items()}
@@ -74,7 +74,7 @@ def run(model: Model, inputs: ReportInputs) -> Section:
     overlays = layer_profiles(layers, model.n_layers,
                               {"mean step per layer": "mean_step",
                                "mean cosine with previous layer": "mean_cos_prev"})
-    tables = {"per_layer": layers, "summary": result.summary}
+    tables = {"per_layer": layers, "summary": result.per_model}
     return Section("pathlength", SPEC.title, findings=findings, summary=summary, tables=tables,
                    figures=result.figures(), overlays=overlays)
 

@@ -24,13 +24,14 @@ of these changes what a site holds: they act inside attention and after the unem
 from __future__ import annotations
 
 from lamina.families.base import Family, HookPoint, block_io
-from lamina.families.gemma import attention, attention_sites, embed_scale
+from lamina.families.gemma import embed_scale
+from lamina.families.llama import self_attn_sites, self_attn_weights
 
 B = "layers"
 
 SITES = {
     **block_io(B),
-    **attention_sites(B),
+    **self_attn_sites(B),
     "hook_resid_mid": lambda L, d, c: HookPoint(f"{B}.{L}.pre_feedforward_layernorm", "input"),
 }
 
@@ -42,7 +43,7 @@ NOTES = ("hook_attn_out/hook_mlp_out are the sublayer outputs before post_attent
 FAMILY = Family(
     name="gemma2", model_types=("gemma2",), causal=True,
     blocks=B, embed="embed_tokens", pos_embed=None, final_norm="norm",
-    block_sites=SITES, attention=attention,
+    block_sites=SITES, attention=self_attn_weights,
     ln1="input_layernorm", ln2="pre_feedforward_layernorm",
     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
     norm="rmsnorm", norm_offset=1.0, embed_scale=embed_scale, notes=NOTES,

@@ -13,15 +13,16 @@ embedding is scaled by ``sqrt(d_model)`` inside ``Gemma3TextScaledWordEmbedding`
 from __future__ import annotations
 
 from lamina.families.base import Family
-from lamina.families.gemma import attention, embed_scale
+from lamina.families.gemma import embed_scale
 from lamina.families.gemma2 import NOTES, SITES
+from lamina.families.llama import self_attn_weights
 
 B = "layers"
 
 FAMILY = Family(
     name="gemma3", model_types=("gemma3_text",), causal=True,
     blocks=B, embed="embed_tokens", pos_embed=None, final_norm="norm",
-    block_sites=SITES, attention=attention,
+    block_sites=SITES, attention=self_attn_weights,
     ln1="input_layernorm", ln2="pre_feedforward_layernorm",
     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
     q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",

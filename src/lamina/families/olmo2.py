@@ -11,38 +11,23 @@ post_attention_layernorm(attn_out)``."""
 
 from __future__ import annotations
 
-import torch.nn as nn
-
-from lamina.families.base import Dims, Family, HookPoint, block_io, heads, separate_qkv
+from lamina.families.base import Family, HookPoint, block_io
+from lamina.families.llama import self_attn_sites, self_attn_weights
 
 B = "layers"
 
 
-def attention(block: nn.Module, d: Dims) -> tuple:
-    a = block.self_attn
-    return separate_qkv(a.q_proj, a.k_proj, a.v_proj, a.o_proj, d)
-
-
 SITES = {
     **block_io(B),
-    "attn.hook_q": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.q_proj",
-                                             transform=heads(d.n_heads, d.d_head)),
-    "attn.hook_k": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.k_proj",
-                                             transform=heads(d.n_kv_heads, d.d_head)),
-    "attn.hook_v": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.v_proj",
-                                             transform=heads(d.n_kv_heads, d.d_head)),
-    "attn.hook_z": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.o_proj", "input",
-                                             heads(d.n_heads, d.d_head)),
-    "hook_attn_out": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn"),
+    **self_attn_sites(B),
     # The MLP reads the residual stream itself (no pre-MLP norm): its input is resid_mid.
     "hook_resid_mid": lambda L, d, c: HookPoint(f"{B}.{L}.mlp", "input"),
-    "hook_mlp_out": lambda L, d, c: HookPoint(f"{B}.{L}.mlp"),
 }
 
 FAMILY = Family(
     name="olmo2", model_types=("olmo2",), causal=True,
     blocks=B, embed="embed_tokens", pos_embed=None, final_norm="norm",
-    block_sites=SITES, attention=attention,
+    block_sites=SITES, attention=self_attn_weights,
     ln1=None, ln2=None, norm="rmsnorm",
     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
     q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",

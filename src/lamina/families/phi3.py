@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from lamina.families.base import Dims, Family, HookPoint, block_io, heads, out_bias, split_in
+from lamina.families.llama import self_attn_sites
 
 B = "layers"
 
@@ -44,14 +45,11 @@ def _part(which: int):
 
 SITES = {
     **block_io(B),
+    **self_attn_sites(B),  # z, attention and MLP outputs as Llama's; q/k/v from qkv_proj:
     "attn.hook_q": _part(0),
     "attn.hook_k": _part(1),
     "attn.hook_v": _part(2),
-    "attn.hook_z": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.o_proj", "input",
-                                             heads(d.n_heads, d.d_head)),
-    "hook_attn_out": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn"),
     "hook_resid_mid": lambda L, d, c: HookPoint(f"{B}.{L}.post_attention_layernorm", "input"),
-    "hook_mlp_out": lambda L, d, c: HookPoint(f"{B}.{L}.mlp"),
 }
 
 FAMILY = Family(

@@ -9,37 +9,22 @@ norm), as TransformerLens 4.x places them; the normed queries / keys are the out
 
 from __future__ import annotations
 
-import torch.nn as nn
-
-from lamina.families.base import Dims, Family, HookPoint, block_io, heads, separate_qkv
+from lamina.families.base import Family, HookPoint, block_io
+from lamina.families.llama import self_attn_sites, self_attn_weights
 
 B = "layers"
 
 
-def attention(block: nn.Module, d: Dims) -> tuple:
-    a = block.self_attn
-    return separate_qkv(a.q_proj, a.k_proj, a.v_proj, a.o_proj, d)
-
-
 SITES = {
     **block_io(B),
-    "attn.hook_q": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.q_proj",
-                                             transform=heads(d.n_heads, d.d_head)),
-    "attn.hook_k": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.k_proj",
-                                             transform=heads(d.n_kv_heads, d.d_head)),
-    "attn.hook_v": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.v_proj",
-                                             transform=heads(d.n_kv_heads, d.d_head)),
-    "attn.hook_z": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn.o_proj", "input",
-                                             heads(d.n_heads, d.d_head)),
-    "hook_attn_out": lambda L, d, c: HookPoint(f"{B}.{L}.self_attn"),
+    **self_attn_sites(B),
     "hook_resid_mid": lambda L, d, c: HookPoint(f"{B}.{L}.post_attention_layernorm", "input"),
-    "hook_mlp_out": lambda L, d, c: HookPoint(f"{B}.{L}.mlp"),
 }
 
 FAMILY = Family(
     name="qwen3", model_types=("qwen3",), causal=True,
     blocks=B, embed="embed_tokens", pos_embed=None, final_norm="norm",
-    block_sites=SITES, attention=attention,
+    block_sites=SITES, attention=self_attn_weights,
     ln1="input_layernorm", ln2="post_attention_layernorm", norm="rmsnorm",
     q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
     notes="attn.hook_q/hook_k: the q_proj/k_proj outputs per head, before the per-head RMSNorm "

@@ -26,6 +26,15 @@ def report(models: Any, out: Any = None, **options: Any) -> Any:
     return _report(models, out, **options)
 
 
+def compare(a: Any, b: Any, **options: Any) -> Any:
+    """Similarity of every layer of ``a`` with every layer of ``b`` on the same inputs (see
+    :func:`lamina.analyses.compare.compare`), imported lazily so that ``import lamina`` stays
+    fast."""
+    from lamina.analyses.compare import compare as _compare
+
+    return _compare(a, b, **options)
+
+
 #: Subpackages loaded on first attribute access (``lamina.store.open(...)`` after a bare
 #: ``import lamina``), so that ``import lamina`` itself stays fast.
 _LAZY = ("analyses", "similarity", "store", "sampling", "train", "atlas")
@@ -44,4 +53,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["Activations", "BUILTINS", "LaminaError", "Model", "__version__", "load", "report"]
+__all__ = ["Activations", "BUILTINS", "LaminaError", "Model", "__version__", "compare", "load",
+           "report"]

@@ -136,7 +136,7 @@ def capture(
     typer.echo(f"{acts!r}\nwrote {acts.save(path)}")
 
 
-from lamina import cli_analyses, cli_report, cli_store, cli_train  # noqa: E402,F401,I001  (register their commands)
+from lamina import cli_analyses, cli_compare, cli_contextuality, cli_report, cli_store, cli_train  # noqa: E402,F401,I001  (register their commands)
 
 
 def _click_exceptions() -> Any:

@@ -4,7 +4,9 @@
 from lamina.analyses.alignment import AlignmentResult, alignment
 from lamina.analyses.approximation import ApproximationResult, approximation
 from lamina.analyses.categories import CategoriesResult, categories
+from lamina.analyses.compare import CompareResult, compare
 from lamina.analyses.contexts import ContextsResult, contexts
+from lamina.analyses.contextuality import ContextualityResult, contextuality
 from lamina.analyses.embeddings import EmbeddingsResult, embeddings
 from lamina.analyses.head_sweep import HeadSweepResult, head_sweep
 from lamina.analyses.lens import LensResult, lens
@@ -14,6 +16,7 @@ from lamina.analyses.similar_strings import SimilarStringsResult, similar_string
 
 __all__ = [
     "AlignmentResult", "ApproximationResult", "CategoriesResult", "ContextsResult",
+    "ContextualityResult", "contextuality", "CompareResult", "compare",
     "EmbeddingsResult", "HeadSweepResult", "LensResult", "NormsResult", "PathLengthResult",
     "SimilarStringsResult", "alignment", "approximation", "categories", "contexts", "embeddings",
     "head_sweep", "lens", "norms", "pathlength", "similar_strings",

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lamina.atlas.registry import SECTION_MODULES
+from lamina.atlas.registry import CROSS_SECTION_MODULES, SECTION_MODULES
+from lamina.atlas.registry import cross_sections as registered_cross
 from lamina.atlas.registry import sections as registered
 from lamina.atlas.save import MARKERS
-from lamina.atlas.section import ReportInputs, Section
+from lamina.atlas.section import CROSS, CROSS_LABEL, ReportInputs, Section
 from lamina.errors import LaminaError
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Report:
             fingerprint, dtype, sites), the inputs' sizes, the seed and per-section seconds;
             the only place with timestamps.
         inputs: the inputs every section was given.
+        cross: the sections across models (with two or more models), in page order.
     """
 
     sections: dict[str, list[Section]]
@@ -48,6 +50,7 @@ class Report:
     inputs: ReportInputs
     figures: dict[tuple[str, str, str], InlineFigure] = field(default_factory=dict, repr=False)
     overlays: dict[tuple[str, str], InlineFigure] = field(default_factory=dict, repr=False)
+    cross: list[Section] = field(default_factory=list)
 
     @property
     def models(self) -> list[str]:
@@ -56,7 +59,9 @@ class Report:
     def headlines(self) -> list[tuple[str, str, str]]:
         """``(model, section title, first finding)`` of every section that has one."""
         return [(m, s.title, s.findings[0]) for m, secs in self.sections.items()
-                for s in secs if s.findings and not s.skipped]
+                for s in secs if s.findings and not s.skipped] + [
+            (CROSS_LABEL, s.title, s.findings[0]) for s in self.cross
+            if s.findings and not s.skipped]
 
     def html(self) -> str:
         """The self-contained page (the same inputs give the same bytes)."""
@@ -136,6 +141,22 @@ def _run_one(spec: Any, model: Model, inputs: ReportInputs) -> Section:
         section = Section(spec.key, spec.title, skipped=reason)
     section.seconds = time.perf_counter() - start
     return section
+
+
+def _run_cross(specs: list[Any], models: dict[str, Model], inputs: ReportInputs,
+               figures: dict[tuple[str, str, str], InlineFigure], bar: Any) -> list[Section]:
+    """The cross-model sections, each skipped with the reason when it does not apply or
+    raises a :class:`LaminaError`, its figures rendered under the model key :data:`CROSS`."""
+    from matplotlib import pyplot as plt
+
+    out = []
+    for spec in specs:
+        bar.set_description(f"{CROSS_LABEL}: {spec.key}")
+        before = set(plt.get_fignums())
+        out.append(_run_one(spec, models, inputs))  # type: ignore[arg-type]
+        _render_section(figures, "x", CROSS, out[-1], before)  # type: ignore[arg-type]
+        bar.update()
+    return out
 
 
 def _identity(model: Model) -> dict[str, Any]:
@@ -221,12 +242,13 @@ def report(
     sections = [sections] if isinstance(sections, str) else sections
     targets = [targets] if isinstance(targets, str) else targets
     if sections is not None:
-        unknown = [s for s in sections if s not in SECTION_MODULES]
+        unknown = [s for s in sections if s not in SECTION_MODULES + CROSS_SECTION_MODULES]
         if unknown:
             raise LaminaError(f"Unknown section(s) {', '.join(map(repr, unknown))}: choose from "
-                              f"{', '.join(SECTION_MODULES)} (sections=).",
+                              f"{', '.join(SECTION_MODULES + CROSS_SECTION_MODULES)} "
+                              "(sections=).",
                               cli=f"Unknown --section {', '.join(unknown)}: choose from "
-                                  f"{', '.join(SECTION_MODULES)}.")
+                                  f"{', '.join(SECTION_MODULES + CROSS_SECTION_MODULES)}.")
     if out is not None:
         from lamina.outputs import check_output_dir
 
@@ -235,12 +257,15 @@ def report(
     inputs = _inputs(corpus, texts, words, targets, heads, seed, quick)
     by_name = _models(models)  # report name -> model, each loaded once
     names, loaded = list(by_name), list(by_name.values())
+    cross_specs = registered_cross(None if sections is None else list(sections)) \
+        if len(loaded) >= 2 else []
     started = _dt.datetime.now(_dt.timezone.utc)
     from matplotlib import pyplot as plt
 
     result: dict[str, list[Section]] = {}
     figures: dict[tuple[str, str, str], InlineFigure] = {}
-    bar = tqdm(total=len(loaded) * len(specs), disable=not progress, unit="section")
+    bar = tqdm(total=len(loaded) * len(specs) + len(cross_specs), disable=not progress,
+               unit="section")
     for i, (name, model) in enumerate(zip(names, loaded, strict=True)):
         result[name] = []
         for spec in specs:
@@ -249,6 +274,7 @@ def report(
             result[name].append(_run_one(spec, model, inputs))
             _render_section(figures, i, name, result[name][-1], before)
             bar.update()
+    cross = _run_cross(cross_specs, by_name, inputs, figures, bar)
     bar.close()
     manifest = {
         "lamina": __version__,
@@ -262,8 +288,11 @@ def report(
         "seed": inputs.seed, "quick": inputs.quick,
         "sections": {n: {s.key: {"seconds": round(s.seconds, 3), "skipped": s.skipped}
                          for s in secs} for n, secs in result.items()},
+        "cross_sections": {s.key: {"seconds": round(s.seconds, 3), "skipped": s.skipped}
+                           for s in cross},
     }
-    rep = Report(result, json.loads(json.dumps(manifest, default=str)), inputs, figures)
+    rep = Report(result, json.loads(json.dumps(manifest, default=str)), inputs, figures,
+                 cross=cross)
     _overlays(rep)
     size = len(rep.html().encode())
     if size > WARN_BYTES:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from markupsafe import Markup
 
-from lamina.atlas.section import ReportView
+from lamina.atlas.section import CROSS, ReportView
 
 if TYPE_CHECKING:
     from lamina.atlas.figures import InlineFigure
@@ -109,21 +109,26 @@ def _asset(name: str) -> Markup:
     return Markup(text)
 
 
+def _section(report: ReportView, model: str, sec: Any, anchor: str) -> dict[str, Any]:
+    """One section as plain data (``model``: the key of its figures)."""
+    return {
+        "key": sec.key, "title": sec.title, "anchor": anchor,
+        "skipped": sec.skipped, "findings": sec.findings,
+        "numbers": [(k, fmt(v)) for k, v in flatten(sec.summary)],
+        "tables": [(name, table(frame)) for name, frame in sec.tables.items()],
+        "figures": [_figure(report.figures[(model, sec.key, name)], name)
+                    for name in sec.figures if (model, sec.key, name) in report.figures],
+    }
+
+
 def context(report: ReportView) -> dict[str, Any]:
     """Everything the template needs, as plain data."""
     models = []
     for i, (model, secs) in enumerate(report.sections.items()):
-        items = []
-        for sec in secs:
-            items.append({
-                "key": sec.key, "title": sec.title, "anchor": f"m{i}-{sec.key}",
-                "skipped": sec.skipped, "findings": sec.findings,
-                "numbers": [(k, fmt(v)) for k, v in flatten(sec.summary)],
-                "tables": [(name, table(frame)) for name, frame in sec.tables.items()],
-                "figures": [_figure(report.figures[(model, sec.key, name)], name)
-                            for name in sec.figures if (model, sec.key, name) in report.figures],
-            })
+        items = [_section(report, model, sec, f"m{i}-{sec.key}") for sec in secs]
         models.append({"name": model, "anchor": f"m{i}", "sections": items})
+    cross = [_section(report, CROSS, sec, f"x-{sec.key}")
+             for sec in getattr(report, "cross", [])]
     titles = {s.key: s.title for secs in report.sections.values() for s in secs}
     overlays = [{"anchor": f"overlay-{j}", "title": name,
                  "figure": _figure(fig, f"{name}, one colour per model (from "
@@ -132,7 +137,7 @@ def context(report: ReportView) -> dict[str, Any]:
     inputs = report.inputs
     return {
         "title": "lamina atlas: " + ", ".join(report.sections),
-        "models": models, "overlays": overlays,
+        "models": models, "overlays": overlays, "cross": cross,
         "headlines": report.headlines(), "version": report.manifest.get("lamina", ""),
         "inputs": {"corpus_chars": len(inputs.corpus), "n_texts": len(inputs.texts),
                    "seed": inputs.seed, "quick": inputs.quick},

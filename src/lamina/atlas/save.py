@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from lamina.atlas.section import ReportView
+from lamina.atlas.section import CROSS, CROSS_LABEL, ReportView
 from lamina.outputs import atomic_dir, check_output_dir
 from lamina.results import _jsonable, write_csv
 
@@ -52,12 +52,19 @@ def save_report(report: ReportView, directory: str | Path) -> Path:
     out = check_output_dir(directory, marker=MARKERS)
     page = report.html()
     parquet = _parquet_available()
+    named = folders(report)
+    cross = "models-compared"
+    while cross in named.values():
+        cross += "_"
+    places = [(model, folder, report.sections[model]) for model, folder in named.items()]
+    places.append((CROSS, cross, list(getattr(report, "cross", []))))
     with atomic_dir(out) as tmp:
-        for model, folder in folders(report).items():
-            for sec in report.sections[model]:
+        for model, folder, secs in places:
+            for sec in secs:
                 d = tmp / folder / sec.key
                 d.mkdir(parents=True)
-                summary = {"model": model, "section": sec.key, "title": sec.title,
+                summary = {"model": model or CROSS_LABEL, "section": sec.key,
+                           "title": sec.title,
                            "skipped": sec.skipped, "findings": sec.findings,
                            "summary": sec.summary}
                 (d / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))

@@ -107,6 +107,23 @@ class SectionSpec:
     run: Callable[[Model, ReportInputs], Section]
 
 
+#: The model key of the cross-model sections' figures (``(CROSS, section key, name)``) and
+#: the label of their headlines; no model is named so (a model's name is never empty).
+CROSS, CROSS_LABEL = "", "models compared"
+
+
+@dataclass(frozen=True)
+class CrossSectionSpec:
+    """A section across models, run once after the per-model sections when the atlas has two
+    or more models: ``applies(models, inputs)`` (``models``: report name -> model) returns
+    ``None`` or the reason it does not apply; ``run(models, inputs)`` computes it."""
+
+    key: str
+    title: str
+    applies: Callable[[dict[str, Model], ReportInputs], str | None]
+    run: Callable[[dict[str, Model], ReportInputs], Section]
+
+
 class ReportView(Protocol):
     """What the page (:mod:`lamina.atlas.html`) and the saved folders
     (:mod:`lamina.atlas.save`) read from a :class:`lamina.atlas.core.Report`."""
@@ -116,6 +133,7 @@ class ReportView(Protocol):
     inputs: ReportInputs
     figures: dict[tuple[str, str, str], Any]
     overlays: dict[tuple[str, str], Any]
+    cross: list[Section]
 
     def headlines(self) -> list[tuple[str, str, str]]: ...
 

@@ -179,6 +179,19 @@ def nxn(x, y, literal: bool) -> dict[str, float]:
     return out
 
 
+def literal_at(n: int, n_target: int) -> dict:
+    """platonic-rep's code as written at ``n`` rows, and its time extrapolated to ``n_target``
+    by its N^3 products (for a target too slow to run here)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, D, generator=g)
+    y = torch.tanh(x @ torch.randn(D, D, generator=g) / 20) + 0.3 * torch.randn(n, D, generator=g)
+    t0 = time.perf_counter()
+    nxn(x, y, True)
+    secs = time.perf_counter() - t0
+    return {"n": n, "seconds": secs, "extrapolated_n": n_target,
+            "extrapolated_seconds": secs * (n_target / n) ** 3}
+
+
 def part2(n: int, literal_route: bool = True) -> dict:
     from lamina.analyses.compare.sums import StreamedMeasures
 
@@ -234,6 +247,9 @@ def main() -> None:
     ap.add_argument("--no-literal", action="store_true",
                     help="skip platonic-rep's code as written in (2) (N^3: at N=20,000 about "
                          "1.4e14 float32 operations and ~10 GB)")
+    ap.add_argument("--literal-at", type=int, default=0,
+                    help="also time platonic-rep's code at this N and extrapolate to (2)'s N "
+                         "by N^3")
     ap.add_argument("--_memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory:
@@ -243,6 +259,11 @@ def main() -> None:
     res = {"machine": f"{platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
            "part1": part1(n1), "part2": part2(n2, not args.no_literal), "part3": part3(n3)}
+    if args.literal_at:
+        res["part2"]["literal_at"] = lit = literal_at(args.literal_at, n2)
+        print(f"(2b) platonic-rep as written at N={lit['n']:,}: {lit['seconds']:.1f} s; "
+              f"extrapolated to N={n2:,} by N^3: {lit['extrapolated_seconds']:.0f} s = "
+              f"{lit['extrapolated_seconds'] / res['part2']['lamina_seconds']:.0f}x lamina")
     p1 = res["part1"]
     print(f"(1) {SITES_A} x {SITES_B} sites, d={D}, N={p1['n']:,}, batches of {BATCH}; floor "
           f"(one float32 matmul per batch + own Grams): {p1['floor_seconds']:.2f} s; two "

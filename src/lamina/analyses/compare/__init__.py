@@ -107,10 +107,11 @@ def _check_rows_budget(p: Plan, row_measures: Sequence[str], k: int) -> None:
                 "same pairs, streamed, no limit).",
                 cli=f"rsa_spearman is exact up to {SPEARMAN_MAX_ROWS:,} rows; these inputs give "
                     f"{p.n:,}: pass --max-rows {SPEARMAN_MAX_ROWS} or --measure rsa.")
-    if any(m in MEASURES_KNN for m in row_measures) and k > p.n - 1:
-        raise LaminaError(f"k={k} neighbours need at least {k + 1} rows; there are {p.n}: "
+    if any(m in MEASURES_KNN for m in row_measures) and k > p.n - 2:
+        # with k >= N - 1 every row's neighbours are all the others: mutual kNN would be 1
+        raise LaminaError(f"k={k} neighbours need at least {k + 2} rows; there are {p.n}: "
                           "pass a smaller k or more inputs.",
-                          cli=f"--k {k} needs at least {k + 1} rows; there are {p.n}.")
+                          cli=f"--k {k} needs at least {k + 2} rows; there are {p.n}.")
     width = sum(p.a.dims.values()) + sum(p.b.dims.values())
     need, have = 4 * p.n * width, _available_bytes()
     if need > KEEP_SHARE * have:

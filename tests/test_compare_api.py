@@ -378,3 +378,40 @@ def test_atlas_comparison_section(tmp_path) -> None:
     assert rep.manifest["cross_sections"]["comparison"]["skipped"] is None
     one = lamina.report(gpt2, texts=texts, sections=["comparison"], progress=False)
     assert one.cross == []
+
+
+def test_rbf_cka_equals_ckatorch_and_the_trace_form(arrays) -> None:
+    """``cka_rbf`` (asked for explicitly; N x N, bounded) against ckatorch's RBF CKA and the
+    textbook trace form ``tr(K H L H) / sqrt(tr(K H K H) tr(L H L H))``."""
+    ckatorch = pytest.importorskip("ckatorch")
+    a, b = arrays
+    a = {s: v[:59] for s, v in a.items()}  # odd N: the median of the N^2 distances is unique
+    b = {s: v[:59] for s, v in b.items()}
+    res = compare(a, b, measures=("cka_rbf",)).to_frame()
+    n = 59
+    h = np.eye(n) - 1.0 / n
+
+    def kernel(x: np.ndarray) -> np.ndarray:
+        sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        return np.exp(-sq / (2 * np.median(sq)))
+
+    for sa, xa in a.items():
+        for sb, xb in b.items():
+            got = float(res[(res.site_a == sa) & (res.site_b == sb)]["value"].iloc[0])
+            k, l_ = kernel(xa), kernel(xb)
+            textbook = np.trace(k @ h @ l_ @ h) / np.sqrt(
+                np.trace(k @ h @ k @ h) * np.trace(l_ @ h @ l_ @ h))
+            theirs = float(ckatorch.cka_base(torch.tensor(xa), torch.tensor(xb), kernel="rbf"))
+            np.testing.assert_allclose(got, textbook, rtol=1e-6)  # rows kept as float32
+            np.testing.assert_allclose(got, theirs, rtol=1e-6)
+    same = compare(a, a, measures=("cka_rbf",)).matrix("cka_rbf")
+    np.testing.assert_allclose(np.diag(same.to_numpy()), 1.0, rtol=1e-12)
+
+
+def test_rbf_cka_is_refused_above_its_size(arrays, monkeypatch) -> None:
+    from lamina.analyses.compare import rbf
+
+    monkeypatch.setattr(rbf, "RBF_MAX_ROWS", 10)
+    a, b = arrays
+    api_fails(lambda: compare(a, b, measures=("cka_rbf",)), "up to 10 rows", "max_rows=10")
+    assert compare(a, b, measures=("cka_rbf",), max_rows=10).to_frame()["value"].notna().all()

@@ -53,7 +53,7 @@ def compare(
         "--site-b", help="Sites of model B (repeatable; default hidden.*).")] = None,
     measure: Annotated[list[str] | None, typer.Option(
         "--measure", help="cka, cka_debiased, rsa, rsa_correlation, procrustes, svcca, pwcca, "
-        "mutual_knn, cknna or rsa_spearman (repeatable; default cka, cka_debiased, rsa, "
+        "mutual_knn, cknna, rsa_spearman or cka_rbf (repeatable; default cka, cka_debiased, rsa, "
         "procrustes).")] = None,
     rows: Annotated[str, typer.Option(
         help="tokens (one row per token: needs identical tokenizers) or pooled (one row "

@@ -7,7 +7,9 @@ streamed float64 sums (:class:`~lamina.analyses.compare.sums.StreamedMeasures`),
 does not depend on N. The linear measures (``cka``, ``cka_debiased``, ``rsa``,
 ``rsa_correlation``, ``procrustes``, ``svcca``, ``pwcca``) come from those sums, never from an
 N x N matrix. ``mutual_knn``, ``cknna`` (:mod:`~lamina.analyses.compare.knn`) and
-``rsa_spearman`` (:mod:`~lamina.analyses.compare.spearman`) need the rows themselves: when one
+``rsa_spearman`` (:mod:`~lamina.analyses.compare.spearman`) and ``cka_rbf`` (RBF-kernel
+CKA, only when asked for and up to 4,000 rows: :mod:`~lamina.analyses.compare.rbf`) need the
+rows themselves: when one
 of them is asked for, every site's rows are kept in memory as float32 (checked against the
 available memory before the pass).
 
@@ -41,7 +43,7 @@ from lamina.checks import check_int
 from lamina.errors import LaminaError
 
 #: Measures that need the rows kept (float32, in memory).
-MEASURES_ROWS = (*MEASURES_KNN, "rsa_spearman")
+MEASURES_ROWS = (*MEASURES_KNN, "rsa_spearman", "cka_rbf")
 MEASURES = (*MEASURES_LINEAR, *MEASURES_ROWS)
 #: Row chunks the bootstrap resamples, and the most memory their sums may take.
 BOOTSTRAP_CHUNKS, BOOTSTRAP_BYTES = 50, 2_000_000_000
@@ -107,6 +109,16 @@ def _check_rows_budget(p: Plan, row_measures: Sequence[str], k: int) -> None:
                 "same pairs, streamed, no limit).",
                 cli=f"rsa_spearman is exact up to {SPEARMAN_MAX_ROWS:,} rows; these inputs give "
                     f"{p.n:,}: pass --max-rows {SPEARMAN_MAX_ROWS} or --measure rsa.")
+    if "cka_rbf" in row_measures:
+        from lamina.analyses.compare.rbf import RBF_MAX_ROWS
+
+        if p.n > RBF_MAX_ROWS:
+            raise LaminaError(
+                f"cka_rbf builds an N x N kernel per site and is computed up to "
+                f"{RBF_MAX_ROWS:,} rows; these inputs give {p.n:,}: pass max_rows="
+                f"{RBF_MAX_ROWS} or use 'cka' (linear, streamed, no limit).",
+                cli=f"cka_rbf is computed up to {RBF_MAX_ROWS:,} rows; these inputs give "
+                    f"{p.n:,}: pass --max-rows {RBF_MAX_ROWS} or --measure cka.")
     if any(m in MEASURES_KNN for m in row_measures) and k > p.n - 2:
         # with k >= N - 1 every row's neighbours are all the others: mutual kNN would be 1
         raise LaminaError(f"k={k} neighbours need at least {k + 2} rows; there are {p.n}: "
@@ -258,9 +270,9 @@ def compare(a: Any, b: Any, *, texts: Sequence[str] | None = None, corpus: Any =
             arrays, stores and activations, every site when none is called ``hidden.*``).
         measures: any of ``cka``, ``cka_debiased``, ``rsa``, ``rsa_correlation``,
             ``procrustes``, ``svcca``, ``pwcca`` (streamed, memory independent of N),
-            ``mutual_knn``, ``cknna`` and ``rsa_spearman`` (these keep every site's rows in
-            memory as float32: ``N x (sum of the sites' widths) x 4`` bytes, refused before
-            the pass above half of the available memory).
+            ``mutual_knn``, ``cknna``, ``rsa_spearman`` and ``cka_rbf`` (these keep every
+            site's rows in memory as float32: ``N x (sum of the sites' widths) x 4``
+            bytes, refused before the pass above half of the available memory).
         k: neighbours of ``mutual_knn`` and ``cknna``.
         rows: ``"tokens"``: one row per token (the two sides must tokenize every text
             identically, else an error says to use ``"pooled"``); ``"pooled"``: one row per
@@ -322,6 +334,10 @@ def compare(a: Any, b: Any, *, texts: Sequence[str] | None = None, corpus: Any =
         from lamina.analyses.compare.spearman import spearman_rsa
 
         records += spearman_rsa(keep_a, keep_b)
+    if "cka_rbf" in kept:
+        from lamina.analyses.compare.rbf import rbf_cka
+
+        records += rbf_cka(keep_a, keep_b)
     table = _frame(records, names, p)
     notes = []
     if bootstrap and linear:

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.analyses.compare._rows import real_rows, row_ids
 from lamina.errors import LaminaError
 from lamina.similarity import scan
 
@@ -66,38 +67,13 @@ _CHUNK = 1 << 22  # entries per vectorised step (about 32 MB of float64)
 # --------------------------------------------------------------------------- inputs
 def _as_rows(x: Any, where: str) -> np.ndarray:
     """A 2-D float32/float64 numpy array of finite rows, none of them zero."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.is_complex():
-            raise LaminaError(f"{where} must hold real numbers, got {t.dtype}.")
-        x = (t if t.dtype in (torch.float32, torch.float64) else t.double()).cpu().numpy()
-    else:
-        x = np.asarray(x)
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-                or x.dtype == bool):
-            raise LaminaError(f"{where} must hold real numbers, got dtype {x.dtype}.")
-        if x.dtype not in (np.float32, np.float64):
-            x = x.astype(np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise LaminaError(f"{where} must be a non-empty 2-D array [N, d], got shape "
-                          f"{tuple(x.shape)}.")
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(1))
-        raise LaminaError(f"{where} has NaN or infinite values ({_ids(bad)}): drop or "
-                          "fill those rows (on both sides) first.")
+    x = real_rows(x, where)
     zero = np.flatnonzero(~x.any(1))
     if len(zero):
-        raise LaminaError(f"{where} has rows that are exactly zero ({_ids(zero)}): their cosine "
-                          "with any row is undefined, so they have no nearest neighbours. Drop "
-                          "those rows on both sides first.")
+        raise LaminaError(f"{where} has rows that are exactly zero ({row_ids(zero)}): their "
+                          "cosine with any row is undefined, so they have no nearest "
+                          "neighbours. Drop those rows on both sides first.")
     return np.ascontiguousarray(x)
-
-
-def _ids(rows: np.ndarray) -> str:
-    if len(rows) == 1:
-        return f"row {int(rows[0])}"
-    head = ", ".join(str(int(r)) for r in rows[:5])
-    return f"{len(rows)} rows: {head}{', ...' if len(rows) > 5 else ''}"
 
 
 def _check_k(k: Any, n: int) -> int:

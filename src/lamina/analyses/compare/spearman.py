@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.analyses.compare._rows import real_rows, row_ids
 from lamina.errors import LaminaError
 
 #: Most rows for which ``rsa_spearman`` is computed (exactly); refused above.
@@ -35,23 +36,7 @@ _BLOCK_ENTRIES = 1 << 22  # block rows x N entries per product (32 MB of float64
 
 def _unit_rows(x: Any, kind: str, where: str) -> np.ndarray:
     """Rows as float64 unit vectors (centred first for ``correlation``); bad rows refused."""
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise LaminaError(f"{where} must hold real numbers, got {x.dtype}.")
-        x = x.detach().to(torch.float64).cpu().numpy()
-    else:
-        x = np.asarray(x)
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-                or x.dtype == bool):
-            raise LaminaError(f"{where} must hold real numbers, got dtype {x.dtype}.")
-        x = x.astype(np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise LaminaError(f"{where} must be a non-empty 2-D array [N, d], got shape "
-                          f"{tuple(x.shape)}.")
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(1))
-        raise LaminaError(f"{where} has NaN or infinite values ({_ids(bad)}): drop or "
-                          "fill those rows (on both sides) first.")
+    x = real_rows(x, where, float64=True)
     scale = np.linalg.norm(x, axis=1)
     if kind == "correlation":
         x = x - x.mean(1, keepdims=True)
@@ -60,17 +45,10 @@ def _unit_rows(x: Any, kind: str, where: str) -> np.ndarray:
     # a constant row centres to rounding noise: no direction left (as the similarity engine)
     bad = np.flatnonzero((norm == 0) | (norm <= 1e-12 * scale))
     if len(bad):
-        raise LaminaError(f"{where} has rows that are {what} ({_ids(bad)}): their {kind} "
+        raise LaminaError(f"{where} has rows that are {what} ({row_ids(bad)}): their {kind} "
                           "similarity with any row is undefined. Drop those rows on both sides "
                           "first.")
     return x / norm[:, None]
-
-
-def _ids(rows: np.ndarray) -> str:
-    if len(rows) == 1:
-        return f"row {int(rows[0])}"
-    head = ", ".join(str(int(r)) for r in rows[:5])
-    return f"{len(rows)} rows: {head}{', ...' if len(rows) > 5 else ''}"
 
 
 def pair_values(u: np.ndarray) -> np.ndarray:

@@ -187,6 +187,27 @@ def tiny(name: str, padding_side: str = "right", seed: int = 0) -> lamina.Model:
     return lamina.load((hf.eval(), bert_tokenizer(padding_side)))
 
 
+def randomise_1d(model: lamina.Model, *, scale: float = 0.3, shift: float = 0.2) -> lamina.Model:
+    """Random init leaves biases at zero and norms at identity: give every 1-d parameter
+    (biases, norm scales) values drawn from N(shift, scale^2) (seed 0), so that a bias or a
+    norm scale read from the wrong place shows. Changes ``model`` in place; returns it."""
+    gen = torch.Generator().manual_seed(0)
+    for p in model.hf_model.parameters():
+        if p.ndim == 1:
+            p.data = torch.randn(p.shape, generator=gen) * scale + shift
+    return model
+
+
+def masked_close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor, what: str,
+                 atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """``ours == theirs`` (same shape) at the real tokens of ``mask`` ``[n, seq]``; padding
+    positions are ignored. ``what`` names the comparison in the failure message."""
+    assert ours.shape == theirs.shape, f"{what}: {tuple(ours.shape)} vs {tuple(theirs.shape)}"
+    m = mask.reshape(*mask.shape, *([1] * (ours.ndim - 2))).to(ours.dtype)
+    torch.testing.assert_close(ours * m, theirs * m, atol=atol, rtol=rtol,
+                               msg=lambda s: f"{what}: {s}")
+
+
 def save_model(model: lamina.Model, path) -> str:
     """Save a wrapped model (weights and tokenizer) as a Hugging Face directory; its path."""
     model.hf_model.save_pretrained(path)

@@ -8,19 +8,10 @@ import pytest
 import torch
 
 import lamina
-from conftest import TEXTS, tiny
+from conftest import TEXTS, randomise_1d, tiny
 from lamina.analyses.alignment import alignment
 from lamina.geometry import cosine, project
 from lamina.weights import effective_embedding, folded_query_bias, head_weights
-
-
-def with_random_biases(model: lamina.Model) -> lamina.Model:
-    """Random init leaves biases at zero and LayerNorms at identity: make them non-trivial."""
-    gen = torch.Generator().manual_seed(0)
-    for p in model.hf_model.parameters():
-        if p.ndim == 1:
-            p.data = torch.randn(p.shape, generator=gen) * 0.5 + 0.3
-    return model
 
 
 def _ln_input(model: lamina.Model, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +22,7 @@ def _ln_input(model: lamina.Model, layer: int, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["gpt2", "neox_parallel", "llama", "qwen2", "bert", "minilm"])
 def test_captured_qkv_equal_per_head_weights(name: str, minilm: lamina.Model) -> None:
-    model = minilm if name == "minilm" else with_random_biases(tiny(name))
+    model = minilm if name == "minilm" else randomise_1d(tiny(name), scale=0.5, shift=0.3)
     layer = 1
     acts = model.collect(TEXTS, [f"resid_pre.{layer}", f"q.{layer}", f"k.{layer}",
                                  f"v.{layer}"], positions="last")
@@ -47,7 +38,7 @@ def test_captured_qkv_equal_per_head_weights(name: str, minilm: lamina.Model) ->
 
 @pytest.mark.parametrize("name", ["gpt2", "neox_sequential"])
 def test_folded_bias_gives_raw_queries_on_normalised_input(name: str) -> None:
-    model = with_random_biases(tiny(name))
+    model = randomise_1d(tiny(name), scale=0.5, shift=0.3)
     acts = model.collect(TEXTS, ["resid_pre.1", "q.1"], positions="all")
     x = acts["blocks.1.hook_resid_pre"][acts.mask].double()
     ln = head_weights(model, 1).ln1
@@ -65,7 +56,7 @@ def test_folded_bias_gives_raw_queries_on_normalised_input(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["gpt2", "neox_parallel", "llama"])
 def test_effective_embedding_by_hand(name: str) -> None:
-    model = with_random_biases(tiny(name))
+    model = randomise_1d(tiny(name), scale=0.5, shift=0.3)
     ee = effective_embedding(model)
     hf = model.hf_model
     with torch.no_grad():
@@ -114,7 +105,7 @@ def test_project_splits_into_span_and_rest() -> None:
 
 
 def test_alignment_numbers_match_numpy() -> None:
-    model = with_random_biases(tiny("gpt2"))
+    model = randomise_1d(tiny("gpt2"), scale=0.5, shift=0.3)
     layer, head = 0, 1
     result = alignment(model, layer, head, positions=(0, 3, 7), n_sequences=40, seq_len=8)
     hw = head_weights(model, layer)
@@ -144,7 +135,7 @@ def test_alignment_numbers_match_numpy() -> None:
 
 
 def test_alignment_query_options_and_errors(minilm: lamina.Model, tmp_path) -> None:
-    model = with_random_biases(tiny("gpt2"))
+    model = randomise_1d(tiny("gpt2"), scale=0.5, shift=0.3)
     folded = alignment(model, 1, 0, query="bias_folded", n_sequences=10, seq_len=8,
                        positions=(0, 5))
     assert "bias_folded" in folded.meta["query"]

@@ -9,27 +9,11 @@ import pytest
 import torch
 
 import lamina
-from conftest import CAUSAL, FAMILIES, TEXTS, save_model, tiny
+from conftest import CAUSAL, FAMILIES, TEXTS, masked_close, randomise_1d, save_model, tiny
 from lamina.families import FAMILIES as REGISTRY
 from lamina.weights import head_weights
 
 ATOL = 1e-5
-
-
-def randomised(model: lamina.Model) -> lamina.Model:
-    """Random init leaves biases at zero and norms at identity: make every 1-d parameter
-    non-trivial, so a bias or a norm scale read from the wrong place shows."""
-    gen = torch.Generator().manual_seed(0)
-    for p in model.hf_model.parameters():
-        if p.ndim == 1:
-            p.data = torch.randn(p.shape, generator=gen) * 0.3 + 0.2
-    return model
-
-
-def close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, what: str,
-          atol: float = ATOL) -> None:
-    m = mask.reshape(*mask.shape, *([1] * (a.ndim - 2))).to(a.dtype)
-    torch.testing.assert_close(a * m, b * m, atol=atol, rtol=1e-4, msg=lambda s: f"{what}: {s}")
 
 
 def _norm(model: lamina.Model, layer: int, path: str | None, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +43,7 @@ def test_residual_identities(name: str) -> None:
     (primes: through the family's post-sublayer norm, where it has one); parallel blocks:
     resid_post = resid_pre + attn_out' + mlp_out'. Post-LN encoders: resid_mid = resid_pre +
     attn_out, resid_post = LN(resid_mid) + mlp_out, normalized_resid_post = hidden.{L+1}."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     fam = model.architecture
     acts = model.collect(TEXTS, ["blocks.*", "hidden.*"], positions="all")
     mask = acts.mask
@@ -70,17 +54,17 @@ def test_residual_identities(name: str) -> None:
         mlp = _norm(model, L, fam.post_mlp_norm, acts[p + "hook_mlp_out"])
         if fam.post_ln:
             mid = acts[p + "hook_resid_mid"]
-            close(mid, pre + attn, mask, p + "resid_mid")
-            close(post, _norm(model, L, fam.ln2, mid) + mlp, mask, p + "resid_post", 1e-4)
-            close(acts[p + "hook_normalized_resid_post"], acts[f"hidden.{L + 1}"], mask, p)
+            masked_close(mid, pre + attn, mask, p + "resid_mid")
+            masked_close(post, _norm(model, L, fam.ln2, mid) + mlp, mask, p + "resid_post", 1e-4)
+            masked_close(acts[p + "hook_normalized_resid_post"], acts[f"hidden.{L + 1}"], mask, p)
             continue
         if fam.parallel(model.config):
             assert p + "hook_resid_mid" not in model.sites
-            close(post, pre + attn + mlp, mask, p + "parallel resid_post", 1e-4)
+            masked_close(post, pre + attn + mlp, mask, p + "parallel resid_post", 1e-4)
         else:
             mid = acts[p + "hook_resid_mid"]
-            close(mid, pre + attn, mask, p + "resid_mid", 1e-4)
-            close(post, mid + mlp, mask, p + "resid_post", 1e-4)
+            masked_close(mid, pre + attn, mask, p + "resid_mid", 1e-4)
+            masked_close(post, mid + mlp, mask, p + "resid_post", 1e-4)
         if L + 1 < model.n_layers:
             assert torch.equal(post, acts[f"blocks.{L + 1}.hook_resid_pre"])
 
@@ -89,7 +73,7 @@ def test_residual_identities(name: str) -> None:
 def test_qkv_and_z_from_the_layers_own_weights(name: str) -> None:
     """q, k, v = ln1(resid_pre) @ W + b per head (the projections, before any q/k norm or
     rotary embedding); z, through W_O and b_O, is the attention output."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     acts = model.collect(TEXTS, ["resid_pre.*", "q.*", "k.*", "v.*", "z.*", "attn_out.*"],
                          positions="all")
     for L in range(model.n_layers):
@@ -102,10 +86,10 @@ def test_qkv_and_z_from_the_layers_own_weights(name: str) -> None:
             got = acts[f"blocks.{L}.attn.hook_{n}"]
             assert got.shape[2:] == (model.n_heads if n == "q" else model.n_kv_heads,
                                      model.d_head)
-            close(got, expected, acts.mask, f"{L} {n}", 1e-4)
+            masked_close(got, expected, acts.mask, f"{L} {n}", 1e-4)
         z = acts[f"blocks.{L}.attn.hook_z"]
         out = torch.einsum("bshe,hed->bsd", z, hw.W_O) + hw.b_O
-        close(out, acts[f"blocks.{L}.hook_attn_out"], acts.mask, f"{L} z @ W_O", 1e-4)
+        masked_close(out, acts[f"blocks.{L}.hook_attn_out"], acts.mask, f"{L} z @ W_O", 1e-4)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -164,7 +148,7 @@ def test_readout_of_the_last_residual_is_the_models_logits(name: str) -> None:
     own logits, soft-cap included (Gemma-2)."""
     from lamina.readout import logits_from_resid
 
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     last = f"blocks.{model.n_layers - 1}.hook_resid_post"
     resid = model.collect(TEXTS, last)[last]
     got = logits_from_resid(model, resid)

@@ -20,30 +20,13 @@ import torch
 import transformers
 
 import lamina
-from conftest import FAMILIES, TEXTS, bert_tokenizer, save_model, tiny
+from conftest import FAMILIES, TEXTS, bert_tokenizer, masked_close, randomise_1d, save_model, tiny
 from lamina.errors import ContextLengthError
 from lamina.loading import _auto_class
 from lamina.sites import BLOCK_SITES
 from lamina.weights import effective_embedding, folded_query_bias, folded_query_weight
 
 TL = pytest.importorskip("transformer_lens.model_bridge")
-
-
-def randomised(model: lamina.Model) -> lamina.Model:
-    """Make every 1-d parameter (biases, norm scales) non-trivial."""
-    gen = torch.Generator().manual_seed(0)
-    for p in model.hf_model.parameters():
-        if p.ndim == 1:
-            p.data = torch.randn(p.shape, generator=gen) * 0.3 + 0.2
-    return model
-
-
-def masked_close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor, what: str,
-                 atol: float = 1e-5) -> None:
-    assert ours.shape == theirs.shape, f"{what}: {tuple(ours.shape)} vs {tuple(theirs.shape)}"
-    m = mask.reshape(*mask.shape, *([1] * (ours.ndim - 2))).to(ours.dtype)
-    torch.testing.assert_close(ours * m, theirs * m, atol=atol, rtol=1e-4,
-                               msg=lambda s: f"{what}: {s}")
 
 
 def t5_full(kind: str = "generation") -> torch.nn.Module:
@@ -94,9 +77,9 @@ class Pair:
 def pair(request: pytest.FixtureRequest) -> Pair:
     name = request.param
     if name == "t5":  # TL's T5 adapter needs the whole encoder-decoder model
-        model = randomised(lamina.load((t5_full(), bert_tokenizer())))
+        model = randomise_1d(lamina.load((t5_full(), bert_tokenizer())))
     else:
-        model = randomised(tiny(name))
+        model = randomise_1d(tiny(name))
     model.hf_model.set_attn_implementation("eager")
     acts = model.collect(TEXTS, model.sites, positions="all")
     hf, kwargs = model.hf_model, {}
@@ -249,7 +232,7 @@ def test_distilbert_post_ln_sites_by_hand() -> None:
     attn_out; resid_post = sa_layer_norm(resid_mid) + mlp_out; the block output
     (hook_normalized_resid_post, HF's hidden state) = output_layer_norm(resid_post); all in
     numpy float64 from the modules' parameters."""
-    model = randomised(tiny("distilbert"))
+    model = randomise_1d(tiny("distilbert"))
     acts = model.collect(TEXTS, ["hook_embed", "hook_pos_embed", "blocks.*", "hidden.*"],
                          positions="all")
     m = acts.mask.numpy()
@@ -341,7 +324,7 @@ def test_t5_folded_query_weight_and_effective_embedding_by_hand() -> None:
     """folded_query_weight = w_ln1[:, None] * W_Q (W_Q read from q.weight by hand), applied to
     the *unscaled* normalised resid_pre it gives hook_q; the query bias is zero; W_EE = x +
     rms1(x) @ W_V @ W_O + DenseReluDense(rms2(mid)) with ReLU by hand."""
-    model = randomised(tiny("t5_encoder"))
+    model = randomise_1d(tiny("t5_encoder"))
     blk = model.block(0)
     attn, ff = blk.layer[0].SelfAttention, blk.layer[1].DenseReluDense
     h, dk = model.n_heads, model.d_head

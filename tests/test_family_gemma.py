@@ -22,9 +22,8 @@ import pytest
 import torch
 
 import lamina
-from conftest import TEXTS, bert_tokenizer, tiny
+from conftest import TEXTS, bert_tokenizer, masked_close, randomise_1d, tiny
 from lamina.weights import effective_embedding, folded_query_bias, folded_query_weight, head_weights
-from test_families import randomised
 
 GEMMAS = ["gemma", "gemma2", "gemma3"]
 SANDWICH = ["gemma2", "gemma3"]  # norms after each sublayer, before the residual add
@@ -41,12 +40,6 @@ def gated_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``down(gelu_tanh(gate(x)) * up(x))`` from the MLP's weights."""
     gate = torch.nn.functional.gelu(x @ mlp.gate_proj.weight.T, approximate="tanh")
     return (gate * (x @ mlp.up_proj.weight.T)) @ mlp.down_proj.weight.T
-
-
-def close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, what: str,
-          atol: float = ATOL) -> None:
-    m = mask.reshape(*mask.shape, *([1] * (a.ndim - 2))).to(a.dtype)
-    torch.testing.assert_close(a * m, b * m, atol=atol, rtol=1e-4, msg=lambda s: f"{what}: {s}")
 
 
 def _layers(model: lamina.Model) -> torch.nn.ModuleList:
@@ -66,7 +59,7 @@ def test_hook_embed_is_the_scaled_embedding(name: str) -> None:
     acts = model.collect(TEXTS, ["hook_embed", "hidden.0", "resid_pre.0"], positions="all")
     W_E = model.hf_model.get_input_embeddings().weight.detach()
     by_hand = W_E[acts.token_ids] * math.sqrt(model.d_model)
-    close(acts["hook_embed"], by_hand, acts.mask, "hook_embed")
+    masked_close(acts["hook_embed"], by_hand, acts.mask, "hook_embed")
     assert not torch.allclose(acts["hook_embed"], W_E[acts.token_ids])  # really scaled
     assert torch.equal(acts["hook_embed"] * acts.mask[..., None], acts["hidden.0"])
     assert torch.equal(acts["hidden.0"], acts["blocks.0.hook_resid_pre"])
@@ -83,7 +76,7 @@ def _with_query_bias(name: str) -> lamina.Model:
     config.attention_bias = True
     torch.manual_seed(1)
     hf = type(base.hf_model)(config).eval()
-    return randomised(lamina.load((hf, bert_tokenizer())))
+    return randomise_1d(lamina.load((hf, bert_tokenizer())))
 
 
 @pytest.mark.parametrize("name", GEMMAS)
@@ -106,14 +99,14 @@ def test_folded_query_weight_and_bias_by_hand(name: str) -> None:
         torch.testing.assert_close(head_weights(model, L).ln1_scale, 1.0 + w_ln)
         x = rms(acts[f"blocks.{L}.hook_resid_pre"], None, layer.input_layernorm.eps)
         q = torch.einsum("bsd,hde->bshe", x, folded_query_weight(model, L)) + b_Q
-        close(acts[f"blocks.{L}.attn.hook_q"], q, acts.mask, f"{L} q", 1e-4)
+        masked_close(acts[f"blocks.{L}.attn.hook_q"], q, acts.mask, f"{L} q", 1e-4)
 
 
 @pytest.mark.parametrize("name", GEMMAS)
 def test_effective_embedding_by_hand(name: str) -> None:
     """``W_EE = x + post_attn(attn0(x)) + post_mlp(MLP(ln2(mid)))`` with ``x = W_E * sqrt(32)``,
     every norm written out as ``x / rms(x) * (1 + w)`` (Gemma-1: no post norms)."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     ee = effective_embedding(model)
     layer, eps = _layers(model)[0], model.config.rms_norm_eps
     a = layer.self_attn
@@ -146,7 +139,7 @@ def test_sandwich_norms_by_hand(name: str) -> None:
     """Gemma-2/3: ``resid_mid = resid_pre + rms(attn_out, post_attention_layernorm)``, the MLP
     reads ``rms(resid_mid, pre_feedforward_layernorm)`` (``ln2``), and ``resid_post = resid_mid
     + rms(mlp_out, post_feedforward_layernorm)``; all norms by hand with ``1 + w``."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     fam = model.architecture
     assert (fam.ln2, fam.post_attn_norm, fam.post_mlp_norm) == (
         "pre_feedforward_layernorm", "post_attention_layernorm", "post_feedforward_layernorm")
@@ -161,9 +154,9 @@ def test_sandwich_norms_by_hand(name: str) -> None:
                                            layer.pre_feedforward_layernorm.weight, eps))
             post = acts[p + "hook_resid_mid"] + rms(
                 acts[p + "hook_mlp_out"], layer.post_feedforward_layernorm.weight, eps)
-        close(acts[p + "hook_resid_mid"], mid, acts.mask, p + "resid_mid", 1e-4)
-        close(acts[p + "hook_mlp_out"], mlp, acts.mask, p + "mlp_out", 1e-4)
-        close(acts[p + "hook_resid_post"], post, acts.mask, p + "resid_post", 1e-4)
+        masked_close(acts[p + "hook_resid_mid"], mid, acts.mask, p + "resid_mid", 1e-4)
+        masked_close(acts[p + "hook_mlp_out"], mlp, acts.mask, p + "mlp_out", 1e-4)
+        masked_close(acts[p + "hook_resid_post"], post, acts.mask, p + "resid_post", 1e-4)
 
 
 # -- (c) attention by hand: q/k norms, rotary, scaling, soft-cap, sliding window ------------
@@ -217,7 +210,7 @@ def test_attention_by_hand(name: str) -> None:
     """hook_z from hook_q/k/v by hand, and the features that shape it matter on these inputs:
     dropping the sliding window (Gemma-2/3 sliding layers) or Gemma-2's score soft-cap gives a
     different z. Queries and keys are scaled up so the soft-cap is far from linear."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     with torch.no_grad():
         for layer in _layers(model):
             layer.self_attn.q_proj.weight.mul_(4.0)
@@ -226,7 +219,7 @@ def test_attention_by_hand(name: str) -> None:
     assert int(acts.lengths.max()) > 2 * getattr(model.config, "sliding_window", 0)
     for L in range(model.n_layers):
         z = acts[f"blocks.{L}.attn.hook_z"]
-        close(z, attention_by_hand(model, L, acts), acts.mask, f"{name} layer {L} z", 1e-4)
+        masked_close(z, attention_by_hand(model, L, acts), acts.mask, f"{name} layer {L} z", 1e-4)
         if name in SANDWICH and model.config.layer_types[L] == "sliding_attention":
             full = attention_by_hand(model, L, acts, window=False)
             assert float(((full - z) * acts.mask[..., None, None]).abs().max()) > 1e-2
@@ -252,7 +245,7 @@ def parity(request: pytest.FixtureRequest) -> tuple:
     and TransformerLens's ``run_with_cache`` on the same module (norm weights random, so that
     ``1 + w`` and the q/k norms are not identities)."""
     tlp = _parity_helpers()
-    model = randomised(tlp._load(request.param))
+    model = randomise_1d(tlp._load(request.param))
     acts = model.collect(TEXTS, model.sites, positions="all")
     expected: dict[str, torch.Tensor] = {}
     eps = model.config.rms_norm_eps

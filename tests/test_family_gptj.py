@@ -4,41 +4,26 @@ parallel block's one norm, queries and keys before rotary (rotary by hand on the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
-import lamina
-from conftest import TEXTS, bert_tokenizer, tiny
+import conftest
+from conftest import TEXTS, bert_tokenizer, randomise_1d, tiny
 from lamina.weights import effective_embedding, head_weights
 from test_parity_transformerlens import TL_VOCABULARY
 
 TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
-
-
-def with_random_biases(model: lamina.Model) -> lamina.Model:
-    """Random init leaves biases at zero and LayerNorms at identity: make them non-trivial."""
-    gen = torch.Generator().manual_seed(0)
-    for p in model.hf_model.parameters():
-        if p.ndim == 1:
-            p.data = torch.randn(p.shape, generator=gen) * 0.3 + 0.2
-    return model
-
-
-def masked_close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor, what: str,
-                 atol: float = 1e-5) -> None:
-    assert ours.shape == theirs.shape, f"{what}: {tuple(ours.shape)} vs {tuple(theirs.shape)}"
-    m = mask.reshape(*mask.shape, *([1] * (ours.ndim - 2))).to(ours.dtype)
-    torch.testing.assert_close(ours * m, theirs * m, atol=atol, rtol=1e-5,
-                               msg=lambda s: f"{what}: {s}")
+masked_close = functools.partial(conftest.masked_close, rtol=1e-5)  # this file's tolerance
 
 
 def test_gptj_every_site_equals_transformerlens() -> None:
     """Every lamina site equals the TransformerLens 4.3 hook of the same name (hidden.{i}:
     blocks.{i}.hook_resid_pre, the last one ln_final.hook_normalized), and every hook TL
     records under a lamina name is a lamina site; neither has hook_resid_mid."""
-    model = with_random_biases(tiny("gptj"))
+    model = randomise_1d(tiny("gptj"))
     model.hf_model.set_attn_implementation("eager")
     acts = model.collect(TEXTS, model.sites, positions="all")
     bridge = TransformerBridge.boot_transformers(
@@ -67,7 +52,7 @@ def test_gptj_every_site_equals_transformerlens() -> None:
 def test_gptj_parallel_block_mlp_reads_ln1() -> None:
     """One LayerNorm per block: the MLP reads ln_1(resid_pre), like attention (fc_in, gelu_new,
     fc_out by hand), and resid_post = resid_pre + attn_out + mlp_out."""
-    model = with_random_biases(tiny("gptj"))
+    model = randomise_1d(tiny("gptj"))
     assert model.architecture.parallel(model.config) and model.architecture.ln2 == "ln_1"
     acts = model.collect(TEXTS, ["blocks.*"], positions="all")
     for L in range(model.n_layers):
@@ -101,7 +86,7 @@ def _rotary(x: torch.Tensor, rotary_dim: int) -> torch.Tensor:
 def test_gptj_queries_keys_are_before_rotary() -> None:
     """hook_q/hook_k are the projections; rotary by hand on their first ``rotary_dim`` dims,
     causal softmax attention with hook_v gives hook_z (right padding: positions 0, 1, ...)."""
-    model = with_random_biases(tiny("gptj"))
+    model = randomise_1d(tiny("gptj"))
     for L in range(model.n_layers):  # sharp attention, so that positions matter
         for proj in (model.block(L).attn.q_proj, model.block(L).attn.k_proj):
             proj.weight.data *= 30
@@ -127,7 +112,7 @@ def test_gptj_queries_keys_are_before_rotary() -> None:
 def test_gptj_effective_embedding_by_hand() -> None:
     """W_EE = W_E + ln_1(W_E) @ W_V @ W_O + mlp(ln_1(W_E)): the parallel block's MLP reads
     the normalised embedding, not the attention's output (no biases in GPT-J's attention)."""
-    model = with_random_biases(tiny("gptj"))
+    model = randomise_1d(tiny("gptj"))
     ee = effective_embedding(model)
     blk = model.block(0)
     with torch.no_grad():

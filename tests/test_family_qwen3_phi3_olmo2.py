@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import lamina
-from conftest import TEXTS, bert_tokenizer, tiny
+from conftest import TEXTS, bert_tokenizer, randomise_1d, tiny
 from lamina.weights import effective_embedding, folded_query_bias, folded_query_weight, head_weights
-from test_families import randomised
 from test_parity_transformerlens import TL_VOCABULARY, assert_masked_close, tl_name
 
 TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
@@ -67,7 +66,7 @@ class Pair:
 
 @pytest.fixture(scope="module", params=NAMES)
 def pair(request: pytest.FixtureRequest) -> Pair:
-    model = randomised(tiny(request.param))
+    model = randomise_1d(tiny(request.param))
     hf = model.hf_model
     hf.set_attn_implementation("eager")
     extra = [] if request.param == "phi3" else _module_sites(model, "q_norm") + _module_sites(
@@ -176,7 +175,7 @@ def test_z_from_q_k_v_through_the_familys_norms_and_rotary(name: str) -> None:
     """hook_z = causal softmax(rot(qn) . rot(kn) / sqrt(d_head)) @ v, with qn/kn by hand: Qwen3
     RMS-normalises each head, OLMo-2 the whole projection, Phi-3 nothing (rotary on half of each
     head). So hook_q/hook_k are what the family's norm and rotary start from."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     cfg = model.config
     acts = model.collect(TEXTS, ["q.*", "k.*", "v.*", "z.*"], positions="all")
     n, s = len(acts), acts.mask.shape[1]
@@ -204,7 +203,7 @@ def test_z_from_q_k_v_through_the_familys_norms_and_rotary(name: str) -> None:
 def test_phi3_fused_projections_by_hand() -> None:
     """q/k/v are the [q | k | v] slices of qkv_proj (widths 4*8, 2*8, 2*8) of ln1(resid_pre);
     the MLP is down(up * silu(gate)) with gate_up_proj = [gate | up] on ln2(resid_mid)."""
-    model = randomised(tiny("phi3"))
+    model = randomise_1d(tiny("phi3"))
     acts = model.collect(TEXTS, ["blocks.*"], positions="all")
     for L in range(model.n_layers):
         blk = model.block(L)
@@ -226,7 +225,7 @@ def test_phi3_fused_projections_by_hand() -> None:
 def test_olmo2_resid_mid_is_the_residual_stream_between_the_sublayers() -> None:
     """resid_mid = resid_pre + RMSNorm(attn_out) * w (by hand), the MLP reads it raw, and
     resid_post = resid_mid + RMSNorm(mlp_out) * w'; there is no norm in front of attention."""
-    model = randomised(tiny("olmo2"))
+    model = randomise_1d(tiny("olmo2"))
     eps = model.config.rms_norm_eps
     acts = model.collect(TEXTS, ["blocks.*"], positions="all")
     assert model.architecture.ln1 is None and model.architecture.ln2 is None
@@ -248,7 +247,7 @@ def test_olmo2_resid_mid_is_the_residual_stream_between_the_sublayers() -> None:
 def test_effective_embedding_by_hand(name: str) -> None:
     """Phi-3 (pre-norm, fused qkv): W_E + ln1(W_E) @ W_V @ W_O, then MLP(ln2(mid)); OLMo-2 (no
     pre-norm, post-sublayer norms): W_E + post_attn(W_E @ W_V @ W_O), then post_mlp(MLP(mid))."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     ee = effective_embedding(model)
     blk = model.block(0)
     groups, kv, dh = model.n_heads // model.n_kv_heads, model.n_kv_heads, model.d_head
@@ -276,7 +275,7 @@ def test_effective_embedding_by_hand(name: str) -> None:
 def test_folded_query_weight_and_bias_and_qk_norms(name: str) -> None:
     """RMSNorm families: folded W_Q = ln1.weight[:, None] * W_Q, folded b_Q = b_Q (zero here);
     OLMo-2 has no ln1, so both are the raw projection's. q_norm/k_norm are the modules."""
-    model = randomised(tiny(name))
+    model = randomise_1d(tiny(name))
     h, dh = model.n_heads, model.d_head
     for L in range(model.n_layers):
         blk = model.block(L)

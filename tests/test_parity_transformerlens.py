@@ -27,7 +27,7 @@ import torch
 import transformers
 
 import lamina
-from conftest import TEXTS, bert_tokenizer, tiny
+from conftest import TEXTS, bert_tokenizer, masked_close, randomise_1d, tiny
 from lamina.sites import BLOCK_SITES
 
 TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
@@ -57,10 +57,7 @@ TL_VOCABULARY = re.compile(
 def _load(name: str) -> lamina.Model:
     model = lamina.load("minilm", device="cpu") if name == "minilm" else tiny(name)
     if name != "minilm":  # random init leaves norms at identity: make them count
-        gen = torch.Generator().manual_seed(0)
-        for p in model.hf_model.parameters():
-            if p.ndim == 1:
-                p.data = torch.randn(p.shape, generator=gen) * 0.3 + 0.5
+        randomise_1d(model, shift=0.5)
     # The bridge forces eager attention on the module it wraps: compare like with like.
     model.hf_model.set_attn_implementation("eager")
     return model
@@ -101,11 +98,7 @@ def tl_name(model: lamina.Model, site: str) -> str:
 
 
 def assert_masked_close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor, what: str):
-    assert ours.shape == theirs.shape, f"{what}: {tuple(ours.shape)} vs {tuple(theirs.shape)}"
-    m = mask.reshape(*mask.shape, *([1] * (ours.ndim - 2))).to(ours.dtype)
-    torch.testing.assert_close(
-        ours * m, theirs * m, atol=ATOL, rtol=RTOL, msg=lambda s: f"{what}: {s}"
-    )
+    masked_close(ours, theirs, mask, what, atol=ATOL, rtol=RTOL)
 
 
 @dataclass

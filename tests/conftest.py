@@ -37,16 +37,24 @@ def _neox(parallel: bool) -> Callable[[], transformers.PreTrainedModel]:
 
 
 def _llama_like(kind: str) -> Callable[[], transformers.PreTrainedModel]:
+    """Decoders of the Llama layout, all with grouped-query attention: Llama, Mistral, Qwen2;
+    Qwen3 with head_dim 16 != hidden / heads (as in Qwen3-0.6B), Phi-3 with rotary on half of
+    each head, OLMo-2."""
     def make() -> transformers.PreTrainedModel:
-        config_cls, model_cls = {
-            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        config_cls, model_cls, extra = {
+            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {}),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                      dict(head_dim=16)),
+            "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
+                     dict(partial_rotary_factor=0.5, pad_token_id=0)),
+            "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {}),
         }[kind]
         cfg = config_cls(
             num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
-            **SMALL,
+            **extra, **SMALL,
         )
         return model_cls(cfg)
 
@@ -117,27 +125,6 @@ def _opt() -> transformers.PreTrainedModel:
     return transformers.OPTForCausalLM(cfg)
 
 
-def _qwen3_phi3_olmo2(kind: str) -> Callable[[], transformers.PreTrainedModel]:
-    """Qwen3 with head_dim 16 != hidden / heads (as in Qwen3-0.6B), Phi-3 with rotary on half
-    of each head, OLMo-2; all with grouped-query attention."""
-    def make() -> transformers.PreTrainedModel:
-        config_cls, model_cls, extra = {
-            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
-                      dict(head_dim=16)),
-            "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
-                     dict(partial_rotary_factor=0.5, pad_token_id=0)),
-            "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, {}),
-        }[kind]
-        cfg = config_cls(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
-            **extra, **SMALL,
-        )
-        return model_cls(cfg)
-
-    return make
-
-
 #: One line per architecture family (or variant): a tiny random model built in code. Every
 #: family gets the invariants of tests/test_families.py and tests/test_capture.py from its line.
 FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
@@ -153,9 +140,9 @@ FAMILIES: dict[str, Callable[[], transformers.PreTrainedModel]] = {
     "xlm_roberta": _encoder_or_gptj("xlm_roberta"),
     "distilbert": _encoder_or_gptj("distilbert"),
     "t5_encoder": _encoder_or_gptj("t5_encoder"),
-    "qwen3": _qwen3_phi3_olmo2("qwen3"),
-    "phi3": _qwen3_phi3_olmo2("phi3"),
-    "olmo2": _qwen3_phi3_olmo2("olmo2"),
+    "qwen3": _llama_like("qwen3"),
+    "phi3": _llama_like("phi3"),
+    "olmo2": _llama_like("olmo2"),
     "gemma": _gemma("gemma"),
     "gemma2": _gemma("gemma2"),
     "gemma3": _gemma("gemma3"),

@@ -268,6 +268,16 @@ def test_chunks_and_merge_equal_one_update():
     empty = StreamedMeasures({"a0": 20, "a1": 6}, {"b0": 13, "b1": 3}, MEASURES_LINEAR)
     assert table(empty.merge(parts[0])) == table(parts[0])
     check_against_refs(a, b, got)
+    # combine: the same sums as one weighted sum; a part taken twice counts its rows twice
+    combined = table(StreamedMeasures.combine([empty, *parts], [5, 1, 1, 1]))
+    for key, value in want.items():
+        np.testing.assert_allclose(combined[key], value, rtol=1e-9, err_msg=str(key))
+    twice = StreamedMeasures.combine(parts, [2, 0, 1])
+    assert twice.n == 2 * 100 + 70
+    np.testing.assert_allclose(table(twice)["a0", "b0", "cka"], table(
+        parts[0].merge(parts[0]).merge(parts[2]))["a0", "b0", "cka"], rtol=1e-9)
+    with pytest.raises(LaminaError, match="one count per part"):
+        StreamedMeasures.combine(parts, [1, 1])
 
 
 def test_reshift_equals_sums_about_new_reference():

@@ -19,7 +19,6 @@ Modules: ``sums``/``measures`` (the streamed linear measures), ``knn``/``spearma
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -176,41 +175,13 @@ class _Sums:
                             {s: t[lo - start: hi - start] for s, t in rb.items()})
 
     def merged(self, counts: Sequence[int] | None = None) -> StreamedMeasures:
-        """The sums of all rows, or of each chunk taken ``counts[c]`` times."""
-        if len(self.chunks) == 1 and counts is None:
-            return self.chunks[0]
-        out = StreamedMeasures(*self.args)
-        for c, sums in enumerate(self.chunks):
-            for _ in range(1 if counts is None else int(counts[c])):
-                out = out.merge(sums)
-        return out
-
-    def resampled(self, counts: Sequence[int]) -> StreamedMeasures:
-        """:meth:`merged` with ``counts``, fast: once, every chunk's sums are re-expressed about
-        the first chunk's reference shifts (exact float64 algebra, as merge does); then each
-        resample is one weighted sum of the chunks' tensors instead of a chain of merges.
-        Falls back to :meth:`merged` when the sums lack that structure."""
-        try:
-            if not getattr(self, "_aligned", False):
-                ref = self.chunks[0]._groups
-                for sums in self.chunks:
-                    for g, mom in sums._groups.items():
-                        mom.flush()
-                        if mom is not ref[g]:
-                            mom.reshift(ref[g].shift_a, ref[g].shift_b)
-                self._aligned = True
-            out = copy.deepcopy(self.chunks[0])
-            for g, mom in out._groups.items():
-                parts = [(int(k), sums._groups[g]) for k, sums in zip(counts, self.chunks,
-                                                                       strict=True) if k]
-                for i, t in enumerate(mom.tensors()):
-                    t.zero_()
-                    for k, theirs in parts:
-                        t.add_(theirs.tensors()[i], alpha=k)
-                mom.n = sum(k * theirs.n for k, theirs in parts)
-            return out
-        except AttributeError:  # pragma: no cover - sums without the structure above
-            return self.merged(counts)
+        """The sums of all rows, or of each chunk taken ``counts[c]`` times (a bootstrap
+        resample)."""
+        if counts is None:
+            if len(self.chunks) == 1:
+                return self.chunks[0]
+            counts = [1] * len(self.chunks)
+        return StreamedMeasures.combine(self.chunks, counts)
 
 
 def _bootstrap(sums: _Sums, replicates: int, seed: int) -> pd.DataFrame:
@@ -222,7 +193,7 @@ def _bootstrap(sums: _Sums, replicates: int, seed: int) -> pd.DataFrame:
     keys: list[tuple[str, str, str]] = []
     for _ in range(replicates):
         counts = rng.multinomial(n, np.full(n, 1.0 / n))
-        values = sums.resampled(counts).values()
+        values = sums.merged(counts).values()
         keys = [(v["site_a"], v["site_b"], v["measure"]) for v in values]
         draws.append([float(v["value"]) for v in values])
     arr = np.asarray(draws, dtype=np.float64)

@@ -317,14 +317,17 @@ class StreamedMeasures:
         for g, mom in self._groups.items():
             mom.update(*rows[g])
 
-    def merge(self, other: StreamedMeasures) -> StreamedMeasures:
-        """Sums of two disjoint row sets (used for bootstrap over row chunks); a new object."""
+    def _check_like(self, other: object, what: str) -> None:
         if not isinstance(other, StreamedMeasures) or (
                 (self.la.sites, self.la.dims, self.lb.sites, self.lb.dims, self.measures)
                 != (other.la.sites, other.la.dims, other.lb.sites, other.lb.dims,
                     other.measures)):
-            raise LaminaError("merge needs a StreamedMeasures with the same sites, widths and "
+            raise LaminaError(f"{what} needs StreamedMeasures with the same sites, widths and "
                               "measures.")
+
+    def merge(self, other: StreamedMeasures) -> StreamedMeasures:
+        """Sums of two disjoint row sets (used for bootstrap over row chunks); a new object."""
+        self._check_like(other, "merge")
         for mom in [*self._groups.values(), *other._groups.values()]:
             mom.flush(release=True)
         if not other._groups:
@@ -336,6 +339,39 @@ class StreamedMeasures:
             theirs = copy.deepcopy(other._groups[g])
             theirs.reshift(mom.shift_a, mom.shift_b)
             mom.add(theirs)
+        return out
+
+    @classmethod
+    def combine(cls, parts: Sequence[StreamedMeasures],
+                counts: Sequence[int]) -> StreamedMeasures:
+        """The sums of ``parts`` (disjoint row sets, e.g. row chunks), part ``i`` taken
+        ``counts[i]`` times: a bootstrap resample in one weighted sum instead of a chain of
+        :meth:`merge`. Each part's sums are re-expressed about the first non-empty part's
+        references (exact float64 algebra, as :meth:`merge`; done once, later calls find
+        them aligned); the values the parts give are unchanged. A new object."""
+        if len(parts) != len(counts) or not parts:
+            raise LaminaError("combine needs one count per part, and at least one part.")
+        for part in parts[1:]:
+            parts[0]._check_like(part, "combine")
+        filled = [part for part in parts if part._groups]
+        if not filled:
+            return copy.deepcopy(parts[0])
+        ref = filled[0]._groups
+        for part in filled:
+            for g, mom in part._groups.items():
+                mom.flush(release=True)
+                if mom is not ref[g] and not (torch.equal(mom.shift_a, ref[g].shift_a)
+                                              and torch.equal(mom.shift_b, ref[g].shift_b)):
+                    mom.reshift(ref[g].shift_a, ref[g].shift_b)
+        out = copy.deepcopy(filled[0])
+        used = [(int(k), part) for k, part in zip(counts, parts, strict=True)
+                if k and part._groups]
+        for g, mom in out._groups.items():
+            for i, t in enumerate(mom.tensors()):
+                t.zero_()
+                for k, part in used:
+                    t.add_(part._groups[g].tensors()[i], alpha=k)
+            mom.n = sum(k * part._groups[g].n for k, part in used)
         return out
 
     @property

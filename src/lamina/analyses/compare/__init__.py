@@ -147,13 +147,8 @@ class _Sums:
         if not linear:
             return
         n_chunks = min(BOOTSTRAP_CHUNKS, p.n) if bootstrap else 1
-        if bootstrap:  # the sums are allocated at the first rows: measure them on two
-            probe, gen = StreamedMeasures(*self.args), torch.Generator().manual_seed(0)
-            probe.update(*({s: torch.randn(2, d, generator=gen) for s, d in dims.items()}
-                           for dims in (p.a.dims, p.b.dims)))
-            each = probe.nbytes()
-            del probe
-        need = each * n_chunks if bootstrap else 0
+        each = StreamedMeasures(*self.args).nbytes() if bootstrap else 0
+        need = each * n_chunks
         if need > BOOTSTRAP_BYTES:
             raise LaminaError(
                 f"The bootstrap keeps the sums of {n_chunks} row chunks: {_gb(need)} for these "

@@ -247,12 +247,11 @@ def _auto_class(config: Any) -> Any:
     import transformers
 
     family = family_for(config)
-    loader = family.loader if family is not None else "auto"
-    if loader == "t5_encoder":
+    if family is not None and family.loader == "t5_encoder":
         return transformers.T5EncoderModel
     archs = getattr(config, "architectures", None) or []
-    if loader == "causal_lm" or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return transformers.AutoModelForCausalLM
-    if loader == "masked_lm" or any(a.endswith("ForMaskedLM") for a in archs):
+    if any(a.endswith("ForMaskedLM") for a in archs):
         return transformers.AutoModelForMaskedLM
     return transformers.AutoModel

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 Side = Literal["input", "output"]
-Loader = Literal["auto", "causal_lm", "masked_lm", "encoder", "t5_encoder"]
+Loader = Literal["auto", "t5_encoder"]
 
 
 @dataclass(frozen=True)

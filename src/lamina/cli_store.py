@@ -42,17 +42,41 @@ def collect(
     shard_rows: Annotated[int | None, typer.Option(
         help="Rows per shard (default: about 256 MiB per shard; a resume keeps the store's)."
     )] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Collect on Ray: one capture worker per CPU (or GPU) of the cluster.")
+    ] = False,
+    address: Annotated[str | None, typer.Option(
+        help="With --ray: the Ray cluster to join (e.g. HOST:6379 or auto; default: Ray on "
+             "this machine).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="With --ray: capture workers (default: the cluster's CPUs, or GPUs / "
+             "--gpus-per-worker).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        help="With --ray: GPUs per worker (default 0: CPU workers).")] = None,
+    cpus_per_worker: Annotated[int | None, typer.Option(
+        help="With --ray: CPUs (torch threads) per worker (default 1).")] = None,
 ) -> None:
     """Capture sites for the lines of a text file into an on-disk store (safetensors shards).
 
-    Running it again on the same --out resumes an interrupted collect; one collect writes a
-    store at a time."""
+    Running it again on the same --out resumes an interrupted collect (with or without
+    --ray); one collect writes a store at a time."""
     from lamina import store
     from lamina.corpus import read_lines, read_text_file
     from lamina.outputs import check_output_dir
     from lamina.store.lock import LOCK
+    from lamina.store.ray_collect import check_engine_args
 
     lines, option = renamed(lines, corpus, "--lines", "--corpus")
+    engine = dict(engine="ray" if ray else "local", workers=workers,
+                  gpus_per_worker=0 if gpus_per_worker is None else gpus_per_worker,
+                  cpus_per_worker=1 if cpus_per_worker is None else cpus_per_worker,
+                  address=address)
+    for given, flag in ((address, "--address"), (workers, "--workers"),
+                        (gpus_per_worker, "--gpus-per-worker"),
+                        (cpus_per_worker, "--cpus-per-worker")):
+        if given is not None and not ray:
+            raise LaminaError(f"{flag} goes with --ray: add --ray or leave {flag} out.")
+    check_engine_args(**engine)
     check_output_dir(out, option="--out", marker=("manifest.json", LOCK))
     if substrings is not None:
         if text_file is None or lines is not None:
@@ -69,7 +93,7 @@ def collect(
     result = store.collect(
         model, source, site or ["hidden.*"], out,
         positions=_positions(positions),
-        dtype=dtype, batch_size=batch_size, shard_rows=shard_rows,
+        dtype=dtype, batch_size=batch_size, shard_rows=shard_rows, **engine,
     )
     typer.echo(repr(result))
 
@@ -188,6 +212,12 @@ def approximate(
     partial: PartialOpt = False,
     out: OutOpt = None,
     figure_format: FormatOpt = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Each block's pass over the store as Ray tasks (needs lamina[ray]).")
+    ] = False,
+    address: Annotated[str | None, typer.Option(
+        help="With --ray: the Ray cluster to join (default: start Ray on this machine).")
+    ] = None,
 ) -> None:
     """Approximate next-token distributions from similar strings (Hellinger distance)."""
     from lamina import store as lstore
@@ -202,7 +232,14 @@ def approximate(
         except ValueError:
             raise LaminaError(f"Expected comma-separated numbers, got {text!r}.") from None
 
+    if address is not None and not ray:
+        raise LaminaError("--address needs --ray (it names the Ray cluster to run on).")
+    if ray:
+        from lamina.ray_runtime import ensure_ray
+
+        ensure_ray(address)  # a runtime already running (ray.init by the caller) is kept
     result = approximation(model, lstore.open(store), prompts, tune=tune, seed=seed,
+                           engine="ray" if ray else "local",
                            thresholds=numbers(thresholds, STUDY_THRESHOLDS),
                            weights=numbers(weights, STUDY_WEIGHTS), exclude_self=exclude_self,
                            baseline=baseline, allow_partial=partial)

@@ -28,6 +28,7 @@ from lamina.analyses.layerwise import load_models
 from lamina.analyses.similar_strings import next_token_counts
 from lamina.errors import LaminaError
 from lamina.models import Model, load
+from lamina.ray_runtime import check_engine
 from lamina.results import Result
 from lamina.similarity import threshold_sums
 from lamina.store import Store
@@ -50,7 +51,8 @@ def next_token_distribution(model: Model, prompts: Sequence[str], batch_size: in
 
     last = f"blocks.{model.n_layers - 1}.hook_resid_post"
     acts = model.collect(list(prompts), last, batch_size=batch_size)
-    return torch.softmax(logits_from_resid(model, acts[last]).double(), -1).numpy()
+    # the logits are on the model's device (CUDA for a GPU model): numpy needs them on the CPU
+    return torch.softmax(logits_from_resid(model, acts[last]).double(), -1).cpu().numpy()
 
 
 def model_distance(model_a: Model | str, model_b: Model | str, prompts: Sequence[str]
@@ -73,8 +75,8 @@ class BlockSums:
 
 
 def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
-               self_rows: np.ndarray, grid: Sequence[float], progress: bool = False
-               ) -> BlockSums:
+               self_rows: np.ndarray, grid: Sequence[float], progress: bool = False,
+               engine: str = "local") -> BlockSums:
     """Sum the next-token counts of the stored strings at or above every threshold of ``grid``
     for the prompts ``x`` (one streaming pass over the stored site: the matches are never
     listed, they can be billions). Without self: each prompt's own row (``self_rows``, -1 when
@@ -82,7 +84,7 @@ def block_sums(x: torch.Tensor, store: Store, site: str, counts: sp.csr_matrix,
     vocab = counts.shape[1]
     weights = sp.hstack([counts, np.ones((counts.shape[0], 1))]).tocsr()  # last: matches
     y = store[site].flat()
-    sums = threshold_sums(x, y, weights, grid, progress=progress)  # (n, G, vocab + 1)
+    sums = threshold_sums(x, y, weights, grid, progress=progress, engine=engine)  # (n, G, V+1)
     own_counts = np.zeros((len(x), vocab))
     own_sim = np.full(len(x), -np.inf)
     has = self_rows >= 0
@@ -210,7 +212,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
                   tune: Any = 500, seed: int = 1337,
                   site: str = "blocks.{b}.hook_mlp_out",
                   baseline: Model | str | None = None, allow_partial: bool = False,
-                  progress: bool = True) -> ApproximationResult:
+                  progress: bool = True, engine: str = "local") -> ApproximationResult:
     """Approximate the model's next-token distribution from similar stored strings.
 
     Args:
@@ -229,7 +231,10 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
         allow_partial: use the committed rows of an incomplete store (else an error); the
             summary and ``meta`` say ``partial`` with ``n_committed`` of ``n_rows``.
         progress: a progress bar for each block's pass over the store.
+        engine: "local" (default) or "ray": each block's pass over the store as Ray tasks
+            (:func:`lamina.similarity.threshold_sums` with ``engine="ray"``); the same sums.
     """
+    check_engine(engine)
     state = store.require_complete(allow_partial)
     model = load(model)
     store.check_model(model)
@@ -248,7 +253,7 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
         acts = model.collect(texts, sites, positions=store.manifest["positions"])
         self_rows = np.array([row_of.get(t, -1) for t in texts])
         return [block_sums(acts[s].flatten(1).float(), store, s, counts, self_rows, g,
-                           progress)
+                           progress, engine)
                 for s, g in zip(sites, grids, strict=True)]
 
     fitted = thresholds is None or weights is None
@@ -299,4 +304,4 @@ def approximation(model: Model | str, store: Store, prompts: Any, *,
             baseline if isinstance(baseline, str) else baseline.name)}
     vocab = model.token_strings(list(range(model.vocab_size)))
     return ApproximationResult(table, p, q, vocab, summary=summary, meta=model.describe(
-        store=str(store.path), site=site, seed=seed, **state))
+        store=str(store.path), site=site, seed=seed, engine=engine, **state))

@@ -54,6 +54,12 @@ How it works and what "exact" means:
   top-k), and ``result.meta["backend"]`` says which ran.
   Block size and caching follow a memory budget (``memory=``; default a quarter of free
   memory, at most 1 GiB on CPU).
+- ``engine="ray"`` (:func:`scan`, :func:`threshold_sums`): the driver prepares the rows,
+  cuts the block grid into tiles (bands of whole blocks; the upper triangle of bands for
+  self pairs; about 4 tiles per CPU or GPU of the cluster) and puts each band into Ray's
+  object store once; each task runs the same worker over its tile (GPU tasks when the
+  cluster has GPUs, else one CPU each) and returns partial statistics, merged as tasks
+  finish: the same counts, top-k and pairs, moments and float sums to rounding.
 - :func:`group_stats` computes in float64 from per-group sums and Gram matrices,
   O(N d^2), in the same pass that prepares the rows; label permutations cost O(N d) each.
   Statistics that are undefined for the labels given (one label: no across-group pairs;

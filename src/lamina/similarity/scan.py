@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.ray_runtime import check_engine
 from lamina.similarity._accum import PairGuard, default_max_pairs, to_numpy
 from lamina.similarity._args import (
     BOUNDED,
@@ -62,6 +63,7 @@ def scan(
     workers: int | None = None,
     progress: bool = False,
     backend: str = "auto",
+    engine: str = "local",
 ) -> ScanResult:
     """Statistics of all pair values of ``x`` (N, d) (unique pairs i < j), or of ``x`` against
     ``y`` (M, d) (all N*M pairs), in one pass.
@@ -91,6 +93,13 @@ def scan(
         counts, pairs and top-k values up to rounding (float64 moments summed in another
         order; fast-mode re-scored products; columns of tied top-k values may differ);
         ``result.meta["backend"]`` records the one used.
+    engine: "local" (default: threads of this process) or "ray": the block pairs as Ray
+        tasks (tiles of the block grid; the cluster's GPUs when it has them and ``device``
+        is None, else one CPU per task), each returning partial statistics merged by the
+        driver: the same counts, top-k and pairs, moments to rounding. Ray is started on
+        this machine when no runtime runs (:func:`lamina.ray_runtime.ensure_ray`);
+        ``workers`` is then the number of task slots the tiling aims at (default: the
+        cluster's GPUs or CPUs); ``result.meta`` gives tasks, bytes moved and task time.
     """
     t0 = time.perf_counter()
     # options first: a bad one is reported before the pass over the rows
@@ -102,17 +111,26 @@ def scan(
         limit = None if max_pairs is None else check_int(max_pairs, "max_pairs")
     check_backend(backend)
     value = resolve_precision(dtype, fast).value
+    if check_engine(engine) == "ray":  # tasks compute on the cluster's devices
+        from lamina.similarity._ray_engine import ray_device, scan_tiles, task_block_size
+
+        run_dev, slots = ray_device(device)
+        slots, device = workers or slots, "cpu"  # the driver prepares the rows on CPU
+    else:
+        run_dev = resolve_device(device)
     # "numba" where it cannot run is an error before the pass over the rows
-    backend = resolve_backend(backend, resolve_device(device), value)
+    backend = resolve_backend(backend, run_dev, value)
     edges = None if bins is None else make_edges(bins, range, value)
     px, py, size, budget = prepare_inputs(
         x, y, metric, subset, subset_y, device, dtype, fast, memory, block_size
     )
     other = px if py is None else py
     precision, dev = px.precision, px.device
+    if engine == "ray":
+        size, task_budget = task_block_size(run_dev, memory, block_size, size)
     n_other = other.n - (1 if py is None else 0)
 
-    plan = ScanPlan(dev, precision.value, px.n, py is None, largest,
+    plan = ScanPlan(run_dev, precision.value, px.n, py is None, largest,
                     shift=estimate_shift(px, py, budget), bounded=metric in BOUNDED,
                     backend=backend)
     if (precision.fast and precision.matmul.itemsize == 2 and metric != "euclidean"
@@ -143,9 +161,14 @@ def scan(
     # the CPU epilogue clips values itself; fast mode without thresholded pairs takes
     # moments and histogram from the bit patterns and re-scores top-k: no clamping needed
     clamp = (plan.patterns is None and backend != "numba") or plan.guard is not None
-    consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
-                            clamp=clamp)
-    merged = merge(consumers, plan)
+    if engine == "ray":
+        merged, run_meta = scan_tiles(px, py, size, plan, clamp, run_dev, slots,
+                                      task_budget or budget, progress)
+        n_workers = slots
+    else:
+        consumers = walk_blocks(px, py, size, lambda: ScanConsumer(plan), workers, progress,
+                                clamp=clamp)
+        merged, run_meta, n_workers = merge(consumers, plan), {"engine": "local"}, len(consumers)
     result = ScanResult(
         metric=metric, count=merged.count, mean=merged.mean, std=merged.std,
         min=merged.min, max=merged.max,
@@ -160,11 +183,11 @@ def scan(
     if plan.guard is not None:
         _fill_pairs(result, merged.pairs, plan.guard, px, other, budget)
     result.meta = dict(
-        device=str(dev), value_dtype=str(precision.value).replace("torch.", ""),
+        device=str(run_dev), value_dtype=str(precision.value).replace("torch.", ""),
         matmul_dtype=str(precision.matmul).replace("torch.", ""), fast=precision.fast,
         backend=backend, block_size=size, memory_budget=budget, cached=px.data is not None,
-        workers=len(consumers), n_rows=px.n, n_cols=other.n,
-        seconds=time.perf_counter() - t0, histogram_exact_rebinned=merged.n_fixed,
+        workers=n_workers, n_rows=px.n, n_cols=other.n,
+        seconds=time.perf_counter() - t0, histogram_exact_rebinned=merged.n_fixed, **run_meta,
     )
     return result
 

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamina.ray_runtime import check_engine
 from lamina.similarity._args import check_backend, check_int, resolve_backend, resolve_device
-from lamina.similarity._blocks import Block, walk_blocks
-from lamina.similarity._cpu_kernels import jit
+from lamina.similarity._blocks import walk_blocks
 from lamina.similarity._errors import SimilarityInputError
 from lamina.similarity._prepare import RowSource, prepare_inputs
+from lamina.similarity._sum_consumer import SumConsumer
 
 
 def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
@@ -55,67 +56,6 @@ def _dense_weights(weights: Any, n_rows: int) -> torch.Tensor:
     return w
 
 
-@jit()
-def _block_sums(s, thresholds, w, total, out, hits, acc):
-    """``out[i, g] += sum of w[j] over the j with s[i, j] >= thresholds[g]`` for block values
-    ``s`` (R, C) and weight rows ``w`` (C, m) (``total``: their column sums, float64). The
-    positions of a row's members are listed branch-free, then their weights added (float32
-    per row, like the product it replaces, then float64); past half the row, the non-members
-    are summed instead and taken from ``total``, so the cost is that of the smaller side."""
-    n_rows, n_cols = s.shape
-    m = w.shape[1]
-    for i in range(n_rows):
-        r = s[i]
-        for g in range(thresholds.shape[0]):
-            t = thresholds[g]
-            n = 0
-            for j in range(n_cols):
-                hits[n] = j
-                n += r[j] >= t
-            members = 2 * n <= n_cols
-            if not members:
-                n = 0
-                for j in range(n_cols):
-                    hits[n] = j
-                    n += r[j] < t
-            acc[:] = 0
-            for h in range(n):
-                wj = w[hits[h]]
-                for c in range(m):
-                    acc[c] += wj[c]
-            o = out[i, g]
-            for c in range(m):
-                o[c] += acc[c] if members else total[c] - acc[c]
-
-
-class _SumConsumer:
-    def __init__(self, n_x: int, thresholds: torch.Tensor, w: torch.Tensor,
-                 y_rows: torch.Tensor, compiled: bool = False) -> None:
-        self.t = thresholds
-        self.w, self.y_rows = w, y_rows
-        self.out = torch.zeros(n_x, len(thresholds), w.shape[1], dtype=torch.float64,
-                               device=w.device)
-        self.mask: torch.Tensor | None = None
-        self.compiled = compiled  # CPU: the kernel above instead of mask products
-
-    def consume(self, blk: Block) -> None:
-        s = blk.values
-        n_r, n_c = s.shape
-        w = self.w.index_select(0, self.y_rows[blk.c0 : blk.c0 + n_c])  # this block's rows
-        if self.compiled:
-            wn = w.numpy()
-            return _block_sums(s.numpy(), self.t.numpy(), wn, wn.sum(0, dtype=np.float64),
-                               self.out.numpy()[blk.r0 : blk.r0 + n_r],
-                               np.empty(n_c, dtype=np.int64),
-                               np.empty(wn.shape[1], dtype=np.float32))
-        if self.mask is None or self.mask.numel() < s.numel():
-            self.mask = torch.empty(s.numel(), dtype=self.w.dtype, device=s.device)
-        mask = self.mask[: s.numel()].view(n_r, n_c)
-        for g, t in enumerate(self.t.tolist()):
-            torch.ge(s, t, out=mask)  # 1.0 where at or above, else 0.0
-            self.out[blk.r0 : blk.r0 + n_r, g] += torch.mm(mask, w)
-
-
 def threshold_sums(
     x: Any,
     y: Any,
@@ -129,6 +69,7 @@ def threshold_sums(
     workers: int | None = None,
     progress: bool = False,
     backend: str = "auto",
+    engine: str = "local",
 ) -> np.ndarray:
     """Sums of ``weights`` over the rows of ``y`` similar to each row of ``x``.
 
@@ -141,6 +82,11 @@ def threshold_sums(
         backend: "auto" (default: "numba" on CPU, "torch" on CUDA), "numba" (a compiled
             kernel lists each row's members and adds their weights; CPU only, else an error)
             or "torch" (one mask product per threshold and block). Both give the same sums.
+        engine: "local" (default) or "ray": tiles of the block grid as Ray tasks, each
+            summing over its band of y for its band of x; the driver adds the partial sums
+            (integer weights: the same sums; float weights: equal to rounding). ``workers``
+            is then the number of task slots the tiling aims at (see
+            :func:`~lamina.similarity.scan`).
 
     Returns:
         ``sums`` (N, G, m) float64: ``sums[i, g] = sum_j [sim(x_i, y_j) >= t_g] weights[j]``.
@@ -163,16 +109,29 @@ def threshold_sums(
     w = _dense_weights(weights, len(y))  # checked before the pass over the rows
     workers = None if workers is None else check_int(workers, "workers")
     check_backend(backend)
-    backend = resolve_backend(backend, resolve_device(device), torch.float32)
-    px, py, size, _ = prepare_inputs(x, y, metric, None, None, device, None, False, memory,
-                                     block_size)
+    if check_engine(engine) == "ray":
+        from lamina.similarity._ray_engine import ray_device, sums_tiles, task_block_size
+
+        run_dev, slots = ray_device(device)
+        slots, device = workers or slots, "cpu"  # the driver prepares the rows on CPU
+    else:
+        run_dev = resolve_device(device)
+    backend = resolve_backend(backend, run_dev, torch.float32)
+    px, py, size, budget = prepare_inputs(x, y, metric, None, None, device, None, False,
+                                          memory, block_size)
     w = w.to(px.device)
     y_rows = torch.as_tensor(py.rows, device=px.device)
     thr = torch.as_tensor(t, dtype=torch.float32)
     compiled = backend == "numba"
-    parts = walk_blocks(px, py, size, lambda: _SumConsumer(px.n, thr, w, y_rows, compiled),
-                        workers, progress)
-    usable = sum(p.out for p in parts).cpu().numpy()
+    if engine == "ray":
+        size, task_budget = task_block_size(run_dev, memory, block_size, size)
+        usable, _ = sums_tiles(px, py, size, thr, w, y_rows, compiled, run_dev, slots,
+                               task_budget or budget, progress)
+    else:
+        parts = walk_blocks(px, py, size,
+                            lambda: SumConsumer(px.n, thr, w, y_rows, compiled), workers,
+                            progress)
+        usable = sum(p.out for p in parts).cpu().numpy()
     out = np.zeros((len(px.source), len(t), w.shape[1]), dtype=np.float64)
     out[px.rows] = usable
     return out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from lamina.models import Model, load
 from lamina.outputs import check_output_dir
 from lamina.store.lock import LOCK, writer_lock
 from lamina.store.manifest import DTYPES, FORMAT, write_atomic
+from lamina.store.ray_collect import check_engine_args
 from lamina.store.reader import Store
+from lamina.store.shard import capture_shard
 from lamina.store.text import Substrings, strings_fingerprint
+
+#: One collected shard on its way to the commit: rows [start, stop), the safetensors bytes,
+#: and the per-row shape of every site.
+ShardData = tuple[int, int, bytes, dict[str, list]]
 
 #: Settings a resumed collect must share with the store it continues.
 _SAME = ("sites", "positions", "dtype", "n_rows", "fingerprint", "substring_length")
@@ -88,6 +95,11 @@ def collect(
     shard_rows: int | None = None,
     shard_bytes: int = 256 * 2**20,
     progress: bool = True,
+    engine: str = "local",
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: int = 1,
+    address: str | None = None,
 ) -> Store:
     """Capture ``sites`` at one position of every string of ``corpus`` into a store at ``out``.
 
@@ -98,6 +110,15 @@ def collect(
         dtype: storage dtype: float32, float16 or bfloat16.
         shard_rows: rows per shard (default: the store's own when resuming, else about
             ``shard_bytes`` per shard).
+        engine: ``"local"`` (this process) or ``"ray"``: a Ray Data pipeline over the shards
+            with one capture actor per worker (see :mod:`lamina.store.ray_collect`); the
+            same shards and manifest, written by this process alone.
+        workers: Ray workers (default: the cluster's CPUs / ``cpus_per_worker``, or its GPUs
+            / ``gpus_per_worker``).
+        gpus_per_worker: GPUs per Ray worker (0: CPU workers; a fraction shares a GPU).
+        cpus_per_worker: CPUs per Ray worker, also its torch thread count.
+        address: the Ray cluster to join when no Ray runtime is initialised (default: a
+            local one).
 
     Running it again on the same ``out`` resumes after the last committed shard, if the model
     is the same (by a fingerprint of its weights and config, whatever path names it); a store
@@ -107,9 +128,13 @@ def collect(
     """
     dtype_name = _dtype(dtype)
     _check_args(positions, batch_size, shard_rows, shard_bytes)
+    plan = check_engine_args(engine, workers, gpus_per_worker, cpus_per_worker, address)
     out = check_output_dir(out, option="out", marker=("manifest.json", LOCK))
     strings, sub = _corpus(corpus)
-    model = load(model)
+    spec = model
+    # the driver of a Ray run only probes and fingerprints the model: on the CPU
+    by_name = isinstance(model, (str, os.PathLike))
+    model = load(model, device="cpu") if plan is not None and by_name else load(model)
     resolved = [s.name for s in model.resolve_sites(sites)]
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -129,7 +154,12 @@ def collect(
             model, resolved, dtype_name, shard_bytes)
         if manifest["shard_rows"] is None:
             manifest["shard_rows"] = rows
-        _fill(out, manifest, model, strings, rows, batch_size, progress)
+        todo = pending(manifest, len(strings), rows)
+        if plan is None:
+            shards = _local_shards(model, strings, todo, manifest, batch_size)
+        else:
+            shards = plan.shards(spec, model, strings, todo, manifest, batch_size)
+        _fill(out, manifest, shards, len(strings), progress)
     return Store(out)
 
 
@@ -176,48 +206,49 @@ def _resume(out: Path, settings: dict[str, Any], model: Model) -> dict[str, Any]
     return manifest
 
 
-def _fill(out: Path, manifest: dict[str, Any], model: Model, strings: list[str], rows: int,
-          batch_size: int, progress: bool) -> None:
-    """Append shards of ``rows`` rows until every string is stored; the manifest, rewritten
+def pending(manifest: dict[str, Any], n_rows: int, rows: int) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the shards still to collect: every ``rows`` rows from
+    the last committed shard (a function of the corpus and the shard size only)."""
+    start = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
+    return [(a, min(a + rows, n_rows)) for a in range(start, n_rows, rows)]
+
+
+def _local_shards(model: Model, strings: list[str], todo: list[tuple[int, int]],
+                  manifest: dict[str, Any], batch_size: int) -> Iterator[ShardData]:
+    for start, stop in todo:
+        data, shapes = capture_shard(model, strings[start:stop], start, stop, manifest,
+                                     batch_size)
+        yield start, stop, data, shapes
+
+
+def _fill(out: Path, manifest: dict[str, Any], shards: Iterator[ShardData], n_rows: int,
+          progress: bool) -> None:
+    """Commit ``shards`` (in row order) until every string is stored; the manifest, rewritten
     atomically after each shard, is the commit record."""
     (out / "shards").mkdir(exist_ok=True)
     start = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
-    bar = tqdm(total=len(strings), initial=start, unit="row", unit_scale=True,
+    bar = tqdm(total=n_rows, initial=start, unit="row", unit_scale=True,
                disable=not progress, desc="collect")
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
-    while start < len(strings):
-        stop = min(start + rows, len(strings))
-        acts = model.collect(strings[start:stop], manifest["sites"],
-                             positions=manifest["positions"], dtype=manifest["dtype"],
-                             batch_size=batch_size, progress=False)
-        tensors = {k: v.contiguous() for k, v in acts.tensors.items()}
-        _check_values(tensors, start, stop, manifest["dtype"])
-        shapes = {k: list(v.shape[1:]) for k, v in tensors.items()}
-        if manifest["shapes"] and shapes != manifest["shapes"]:
-            raise StoreError(f"Rows {start}..{stop} have other shapes than the stored ones "
-                             f"({shapes} vs {manifest['shapes']}).")
-        name = f"{len(manifest['shards']):05d}.safetensors"
-        data = save(tensors, metadata={"lamina.store_id": manifest["store_id"],
-                                       "lamina.start": str(start), "lamina.stop": str(stop)})
-        write_atomic(out / "shards" / name, data)
-        manifest["shapes"] = shapes
-        manifest["shards"].append({"file": name, "start": start, "stop": stop,
-                                   "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))  # the commit
-        bar.update(stop - start)
-        start = stop
-    bar.close()
-
-
-def _check_values(tensors: dict[str, torch.Tensor], start: int, stop: int, dtype: str) -> None:
-    for site, t in tensors.items():
-        if not torch.isfinite(t).all():
-            hint = (" (float16 overflows above 65,504: collect with dtype='float32')"
-                    if dtype == "float16" else "")
-            raise StoreError(
-                f"The model gives NaN or infinite values at {site} for rows {start}..{stop} "
-                f"in {dtype}{hint}; nothing of these rows was stored.",
-                cli=f"The model gives NaN or infinite values at {site} for rows {start}..{stop} "
-                    f"in {dtype}" + (" (float16 overflows above 65,504: use --dtype float32)"
-                                     if dtype == "float16" else "")
-                    + "; nothing of these rows was stored.")
+    try:
+        for first, stop, data, shapes in shards:
+            if first != start:  # the engines yield the pending ranges in order
+                raise StoreError(f"Internal error: shard rows {first}..{stop} arrived where "
+                                 f"rows from {start} were expected; nothing of them was stored.")
+            if manifest["shapes"] and shapes != manifest["shapes"]:
+                raise StoreError(f"Rows {start}..{stop} have other shapes than the stored ones "
+                                 f"({shapes} vs {manifest['shapes']}).")
+            name = f"{len(manifest['shards']):05d}.safetensors"
+            write_atomic(out / "shards" / name, data)
+            manifest["shapes"] = shapes
+            manifest["shards"].append({"file": name, "start": start, "stop": stop,
+                                       "bytes": len(data),
+                                       "sha256": hashlib.sha256(data).hexdigest()})
+            write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))  # the commit
+            bar.update(stop - start)
+            start = stop
+    finally:
+        bar.close()
+        close = getattr(shards, "close", None)
+        if close is not None:  # an engine's pipeline ends with the commits
+            close()

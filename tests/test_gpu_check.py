@@ -27,6 +27,14 @@ def gc():
     return mod
 
 
+@pytest.fixture(scope="module")
+def gm():
+    spec = importlib.util.spec_from_file_location("gpu_measures", SCRIPT.parent / "gpu_measures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_tensor_diff_by_hand(gc):
     ref = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
     dev = torch.tensor([[3.0, 4.5], [0.0, 0.1], [1.0, 0.0]])
@@ -42,24 +50,24 @@ def test_tensor_diff_by_hand(gc):
     assert worst["min_row_cos"] == d["min_row_cos"] and worst["min_row_cos_site"] == "a"
 
 
-def test_topk_pairs_sums_by_hand(gc):
+def test_topk_pairs_sums_by_hand(gc, gm):
     nan = np.nan
     ref_v = np.array([[0.9, 0.8], [0.7, 0.6], [nan, nan]], dtype=np.float32)
     ref_i = np.array([[1, 2], [0, 2], [-1, -1]])
     # row 0: the 2nd neighbour is another row with the same value (a tie); row 1: one missed
     dev_v = np.array([[0.9, 0.8], [0.7, 0.5], [nan, nan]], dtype=np.float32)
     dev_i = np.array([[1, 3], [0, 3], [-1, -1]])
-    t = gc.topk_agreement(ref_v, ref_i, dev_v, dev_i)
+    t = gm.topk_agreement(ref_v, ref_i, dev_v, dev_i)
     assert t["id_overlap"] == pytest.approx((1 / 2 + 1 / 2) / 2)
     assert t["topk_recall"] == pytest.approx((2 / 2 + 1 / 2) / 2)
     assert t["topk_value_diff"] == pytest.approx(0.1, abs=1e-6)
 
     a = (np.array([0, 0, 1]), np.array([1, 2, 2]), np.array([0.99, 0.97, 0.96]))
     b = (np.array([0, 1, 3]), np.array([1, 2, 4]), np.array([0.98, 0.96, 0.95]))
-    p = gc.pair_agreement(a, b)
+    p = gm.pair_agreement(a, b)
     assert p["pairs"] == 3 and p["pairs_changed"] == pytest.approx(2 / 4)
     assert p["pair_value_diff"] == pytest.approx(0.01)
-    assert gc.pair_agreement((np.array([]),) * 3, (np.array([]),) * 3)["pairs_changed"] == 0
+    assert gm.pair_agreement((np.array([]),) * 3, (np.array([]),) * 3)["pairs_changed"] == 0
 
     ref = np.array([[[10.0, 1.0]], [[0.0, 2.0]]])
     s = gc.sums_agreement(ref, ref + np.array([[[1.0, 0.0]], [[0.0, -1.0]]]))

@@ -10,9 +10,11 @@ keeps theirs; otherwise lamina starts one with :func:`ensure_ray`, on the local 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from lamina.errors import LaminaError
@@ -100,3 +102,23 @@ def quiet_ray_data() -> None:
                 setattr(ctx, attr, False)
         for name in ("ray.data", "ray", "ray.data._internal"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_data_silenced() -> Iterator[None]:
+    """Ray Data's loggers off while lamina runs a pipeline whose failures it handles itself
+    (a lost worker is logged by Ray Data as an ERROR with its stack trace; lamina notes it and
+    starts a new pipeline); on unless ``LAMINA_RAY_VERBOSE=1``."""
+    names = ["ray.data", *(name for name in logging.root.manager.loggerDict
+                           if name.startswith("ray.data."))]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    if not verbose():
+        for logger in loggers:
+            if logger is loggers[0] or logger.level:
+                logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

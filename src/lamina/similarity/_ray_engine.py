@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from lamina.errors import LaminaError
-from lamina.similarity._accum import Moments, PairGuard
+from lamina.similarity._accum import Moments, PairCollector, PairGuard
 from lamina.similarity._args import block_size, resolve_device
 from lamina.similarity._consume import merge
 from lamina.similarity._errors import SimilarityInputError
@@ -38,6 +38,7 @@ from lamina.similarity._ray_tiles import (
     sums_tile,
     tile_maps,
 )
+from lamina.similarity._topk import TopK
 
 _GiB = 1 << 30
 _REMOTE: dict[str, Any] = {}
@@ -109,6 +110,10 @@ class _Bands:
             self.bytes += sum(a.nbytes for a in value)
             self.refs[b] = ray.put(value if self.extra is None else value[0])
         return self.refs[b]
+
+    def need(self, b: int) -> None:
+        """One more task will read band ``b``."""
+        self.uses[b] = self.uses.get(b, 0) + 1
 
     def used(self, b: int) -> None:
         self.uses[b] -= 1
@@ -205,9 +210,9 @@ def scan_tiles(px: Prepared, py: Prepared | None, size: int, plan: ScanPlan, cla
     bx = _Bands(px, rows)
     by = bx if self_pairs else _Bands(py, cols)
     for t in tiles:
-        bx.uses[t.band_r] = bx.uses.get(t.band_r, 0) + 1
+        bx.need(t.band_r)
         if not t.diagonal:
-            by.uses[t.band_c] = by.uses.get(t.band_c, 0) + 1
+            by.need(t.band_c)
     guard = plan.guard
     base = dict(self_pairs=self_pairs, size=size, precision=px.precision, metric=px.metric,
                 plan=replace(plan, bound=None, guard=None), device=str(dev), clamp=clamp,
@@ -246,15 +251,10 @@ class _ScanFold:
         self.patterns: np.ndarray | None = None
         self.hist: np.ndarray | None = None
         self.n_fixed = 0
-        self.topk = None
-        if plan.k is not None:
-            self.topk = SimpleNamespace(
-                k=plan.k, values=torch.full((n, plan.k), -torch.inf, dtype=plan.value),
-                indices=torch.full((n, plan.k), -1, dtype=torch.int64))
-        self.pairs = None
-        if guard is not None:
-            self.pairs = SimpleNamespace(i=[], j=[], v=[], guard=PairGuard(
-                guard.threshold, guard.below, guard.max_pairs, guard.note))
+        self.topk = None if plan.k is None else TopK(n, plan.k, torch.device("cpu"),
+                                                      dtype=plan.value)
+        self.pairs = None if guard is None else PairCollector(
+            PairGuard(guard.threshold, guard.below, guard.max_pairs, guard.note))
 
     def add(self, tile: Tile, part: dict, self_pairs: bool) -> None:
         rows, cols = tile_maps(tile, self_pairs)
@@ -272,12 +272,7 @@ class _ScanFold:
         if "topk" in part:
             vals, idx = (readonly_tensor(a) for a in part["topk"])
             idx = torch.where(idx >= 0, torch.from_numpy(cols)[idx.clamp_min(0)], -1)
-            r = torch.from_numpy(rows)
-            allv = torch.cat([self.topk.values[r], vals.to(self.topk.values.dtype)], 1)
-            alli = torch.cat([self.topk.indices[r], idx], 1)
-            top_v, top_p = torch.topk(allv, self.topk.k, dim=1, sorted=False)
-            self.topk.values[r] = top_v
-            self.topk.indices[r] = torch.gather(alli, 1, top_p)
+            self.topk.merge(torch.from_numpy(rows), vals, idx)
         if "pairs" in part and len(part["pairs"][0]):
             i, j, v = part["pairs"]
             self.pairs.guard.add(len(i))
@@ -309,9 +304,8 @@ def sums_tiles(px: Prepared, py: Prepared, size: int, thresholds: torch.Tensor,
 
     bw = _Bands(py, cols, extra=band_weights)
     for t in tiles:
-        bx.uses[t.band_r] = bx.uses.get(t.band_r, 0) + 1
-        by.uses[t.band_c] = by.uses.get(t.band_c, 0) + 1
-        bw.uses[t.band_c] = bw.uses.get(t.band_c, 0) + 1
+        for b, k in ((bx, t.band_r), (by, t.band_c), (bw, t.band_c)):
+            b.need(k)
     base = dict(size=size, precision=px.precision, metric=px.metric, device=str(dev),
                 thresholds=thresholds.cpu().numpy(), compiled=compiled)
     task = _remote("sums", sums_tile).options(**_options(dev))

@@ -32,7 +32,8 @@ class TopK:
                       else bound)
 
     # ------------------------------------------------------------------ merging
-    def _merge(self, rows: slice | torch.Tensor, cand_v: torch.Tensor, cand_i: torch.Tensor):
+    def merge(self, rows: slice | torch.Tensor, cand_v: torch.Tensor, cand_i: torch.Tensor):
+        """Merge candidates (len(rows), c) with ids into the lists of ``rows``."""
         vals = torch.cat([self.values[rows], cand_v.to(self.values.dtype)], 1)
         idx = torch.cat([self.indices[rows], cand_i], 1)
         top_v, top_p = torch.topk(vals, self.k, dim=1, sorted=False)
@@ -43,7 +44,7 @@ class TopK:
 
     def _plain(self, s: torch.Tensor, r0: int, c0: int) -> None:
         v, i = torch.topk(s, min(self.k, s.shape[1]), dim=1, sorted=False)
-        self._merge(slice(r0, r0 + s.shape[0]), v, i + c0)
+        self.merge(slice(r0, r0 + s.shape[0]), v, i + c0)
 
     def _candidates(self, cmax: torch.Tensor, start: int, gather, offset: int, c: int) -> None:
         """Update lists ``start:start+L`` from a block whose chunk maxima (chunks of ``c``) are
@@ -84,7 +85,7 @@ class TopK:
         pad_i = torch.zeros((len(uniq), width), dtype=torch.int64, device=cand_v.device)
         pad_v[seg, slot] = cand_v
         pad_i[seg, slot] = cand_i
-        self._merge(uniq + start, pad_v, pad_i)
+        self.merge(uniq + start, pad_v, pad_i)
 
     # ------------------------------------------------------------------ updates
     def update_rows(self, s: torch.Tensor, r0: int, c0: int) -> None:

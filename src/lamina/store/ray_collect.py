@@ -28,7 +28,6 @@ are in the object store (as Ray Data's are).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -44,7 +43,7 @@ import numpy as np
 
 from lamina.checks import check_int, check_number
 from lamina.errors import LaminaError
-from lamina.ray_runtime import check_engine, require_ray
+from lamina.ray_runtime import check_engine, ray_data_silenced, require_ray
 
 if TYPE_CHECKING:
     from lamina.models import Model
@@ -118,7 +117,7 @@ class RayPlan:
                                                         "store_id")},
                      batch_size=batch_size)
         remaining, fruitless = list(todo), 0
-        with _ray_data_silenced():
+        with ray_data_silenced():
             while remaining:
                 fruitless = yield from self._attempt(ray, setup, strings, remaining, fruitless,
                                                      len(todo))
@@ -331,27 +330,6 @@ def _lost_worker(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
     return False
-
-
-@contextlib.contextmanager
-def _ray_data_silenced() -> Iterator[None]:
-    """Ray Data logs a lost worker as an ERROR with its stack trace; lamina handles it (a
-    note and a new pipeline), so these logs stay off unless ``LAMINA_RAY_VERBOSE=1``."""
-    from lamina.ray_runtime import verbose
-
-    names = ["ray.data", *(name for name in logging.root.manager.loggerDict
-                           if name.startswith("ray.data."))]
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    if not verbose():
-        for logger in loggers:
-            if logger is loggers[0] or logger.level:
-                logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
